@@ -1,0 +1,1 @@
+"""The rendezvous server: /publish, /events (SSE), dashboard, admin, health."""

@@ -1,0 +1,212 @@
+"""The rendezvous HTTP API as a Klein app (SPEC: "Rendezvous HTTP API").
+
+Each handler does HTTP only — method, auth, status, headers, body — and
+hands the work to the `Board`. Every error is a JSON ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from werkzeug.exceptions import NotFound
+
+from goop.logbuffer import LogBuffer
+from goop.message import MessageError, parse_message
+from goop.ratelimit import SlidingWindowLimiter
+from goop.rendezvous import pages
+from goop.rendezvous.board import Board
+from goop.rendezvous.http import Network, client_address
+
+JSON = b"application/json"
+SUBSCRIBER_RETRY_AFTER = 10
+
+
+def _send_json(request: Any, code: int, value: object) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", JSON)
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(value).encode()
+
+
+def _error(request: Any, code: int, message: str) -> bytes:
+    return _send_json(request, code, {"error": message})
+
+
+def _wrong_method(request: Any, allowed: str) -> bytes | None:
+    method = request.method
+    if method == b"HEAD" and "GET" in allowed:
+        return None
+    if method.decode("latin-1") not in allowed.split(", "):
+        request.setHeader(b"allow", allowed.encode())
+        return _error(request, 405, f"method {method.decode('latin-1')} not allowed; use {allowed}")
+    return None
+
+
+class RendezvousApp:
+    """Routes of one rendezvous server; state is the instance's, not global."""
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        board: Board,
+        reactor: IReactorTime,
+        *,
+        admin_password: str = "",
+        publish_rate_limit: int = 0,
+        trusted_proxies: Sequence[Network] = (),
+        logs: LogBuffer | None = None,
+        connect_urls: Callable[[], list[str]] = list,
+    ) -> None:
+        self.board = board
+        self.reactor = reactor
+        self.admin_password = admin_password.encode()
+        self.limiter = SlidingWindowLimiter(publish_rate_limit)
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.logs = logs if logs is not None else LogBuffer()
+        self.connect_urls = connect_urls
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    def _address(self, request: Any) -> str:
+        host = request.getClientAddress()
+        peer = getattr(host, "host", None) or "unknown"
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+        return client_address(peer, forwarded, self.trusted_proxies)
+
+    # -- peers ---------------------------------------------------------------
+
+    @app.route("/publish", branch=False)
+    def publish(self, request: Any) -> bytes:
+        refused = _wrong_method(request, "POST")
+        if refused is not None:
+            return refused
+        if not self.board.accepting:
+            return _error(request, 503, "server is shutting down")
+        now = self.reactor.seconds()
+        address = self._address(request)
+        wait = self.limiter.hit(address, now)
+        if wait:
+            request.setHeader(b"retry-after", str(max(1, math.ceil(wait))).encode())
+            return _error(
+                request, 429, f"rate limit: at most {self.limiter.limit} publishes per minute"
+            )
+        body = request.content.read()
+        try:
+            message = parse_message(body, int(now * 1000))
+        except MessageError as e:
+            return _error(request, 400, str(e))
+        self.board.publish(message, len(body), now)
+        request.setResponseCode(204)
+        return b""
+
+    @app.route("/events", branch=False)
+    def events(self, request: Any) -> bytes | Deferred[bytes]:
+        refused = _wrong_method(request, "GET")
+        if refused is not None:
+            return refused
+        if not self.board.accepting:
+            return _error(request, 503, "server is shutting down")
+        address = self._address(request)
+        hub = self.board.hub
+        why = hub.refusal(address)
+        if why is not None:
+            request.setHeader(b"retry-after", str(SUBSCRIBER_RETRY_AFTER).encode())
+            return _error(request, 429, why)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        # Tells nginx-style proxies not to buffer the stream.
+        request.setHeader(b"x-accel-buffering", b"no")
+        if request.method == b"HEAD":
+            return b""
+        last = request.getHeader(b"last-event-id")
+        backlog = self.board.backlog(last.decode("latin-1") if last is not None else None)
+        sub = hub.subscribe(request, address, backlog)
+        # Klein cancels this Deferred when the client goes away; the canceller
+        # removes the subscriber. The server fires it to end the stream.
+        return sub.done
+
+    @app.route("/healthz", branch=False)
+    def healthz(self, request: Any) -> bytes:
+        refused = _wrong_method(request, "GET")
+        if refused is not None:
+            return refused
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        if not self.board.accepting:
+            request.setResponseCode(503)
+            return b"stopping\n"
+        return b"ok\n"
+
+    @app.route("/", branch=False)
+    def dashboard(self, request: Any) -> bytes:
+        refused = _wrong_method(request, "GET")
+        if refused is not None:
+            return refused
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return pages.dashboard(
+            peers=[e.message for e in self.board.registry],
+            subscribers=len(self.board.hub),
+            connect_urls=self.connect_urls(),
+        )
+
+    # -- admin ---------------------------------------------------------------
+
+    def _admin_refusal(self, request: Any) -> bytes | None:
+        if not self.admin_password:
+            return _error(request, 403, "admin is disabled: no admin_password is configured")
+        user = request.getUser() or b""
+        password = request.getPassword() or b""
+        # Both compares always run: no early exit that times the user name.
+        ok_user = hmac.compare_digest(user, b"admin")
+        ok_password = hmac.compare_digest(password, self.admin_password)
+        if not (ok_user and ok_password):
+            request.setHeader(b"www-authenticate", b'Basic realm="goop admin", charset="UTF-8"')
+            return _error(request, 401, "admin login required (user admin)")
+        return None
+
+    def _peer_rows(self) -> list[dict[str, Any]]:
+        return [entry.row() for entry in self.board.registry]
+
+    @app.route("/admin", branch=False)
+    def admin(self, request: Any) -> bytes:
+        refused = _wrong_method(request, "GET") or self._admin_refusal(request)
+        if refused is not None:
+            return refused
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return pages.admin(
+            rows=self._peer_rows(),
+            logs=self.logs.lines()[-100:],
+            subscribers=len(self.board.hub),
+            now=self.reactor.seconds(),
+        )
+
+    @app.route("/peers.json", branch=False)
+    def peers_json(self, request: Any) -> bytes:
+        refused = _wrong_method(request, "GET") or self._admin_refusal(request)
+        if refused is not None:
+            return refused
+        return _send_json(request, 200, self._peer_rows())
+
+    @app.route("/logs.json", branch=False)
+    def logs_json(self, request: Any) -> bytes:
+        refused = _wrong_method(request, "GET") or self._admin_refusal(request)
+        if refused is not None:
+            return refused
+        return _send_json(request, 200, self.logs.lines())
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: Any, failure: Failure) -> bytes:
+        return _error(request, 404, f"no such endpoint: {request.path.decode('latin-1')}")

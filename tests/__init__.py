@@ -1,0 +1,1 @@
+"""goop test suite."""
