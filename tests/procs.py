@@ -71,16 +71,16 @@ class GoopProcess:
                     + "\n".join(self.lines)
                 )
             try:
-                line = self._queue.get(timeout=left)
+                got = self._queue.get(timeout=left)
             except queue.Empty:
                 continue
-            if line is None:
+            if got is None:
                 raise AssertionError(
                     f"process exited ({self.proc.wait()}) before {rx.pattern!r}; output:\n"
                     + "\n".join(self.lines)
                 )
-            self.lines.append(line)
-            m = rx.search(line)
+            self.lines.append(got)
+            m = rx.search(got)
             if m:
                 return m
 

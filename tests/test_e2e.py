@@ -154,6 +154,23 @@ def test_goop2_client_accepts_every_data_line(rendezvous: GoopProcess) -> None:
         stream.close()
 
 
+def test_ten_megabyte_body_refused_before_it_is_sent(rendezvous: GoopProcess) -> None:
+    """A 10 MB publish gets 413 after the headers, before the body is uploaded."""
+    parts = urlsplit(rendezvous.url())
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        sock.sendall(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n")
+        sock.sendall(b"x" * 65536)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413"), reply
+    with urllib.request.urlopen(rendezvous.url() + "/healthz", timeout=5) as resp:
+        assert resp.status == 200
+
+
 def test_bad_config_is_one_line_and_nonzero(tmp_path: Path) -> None:
     """heartbeat >= ttl stops startup with one line naming the field; no traceback."""
     out = run_goop([*BASE_ARGS, "--heartbeat-seconds", "30"], cwd=str(tmp_path))

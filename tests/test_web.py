@@ -89,6 +89,15 @@ class PublishTests(SynchronousTestCase):
         r = self.server.request("POST", "/publish", body)
         self.assertIn(r.status, (204, 400))
 
+    def test_bad_input_is_not_seen_by_subscribers(self) -> None:
+        """Rejected publishes write nothing to open streams."""
+        self.server.publish(peerId=PEER_A)
+        conn = self.server.subscribe()
+        before = conn.transport.value()
+        for body in (b"{not json", b'{"type":"online"}', b"\xff", b'{"type":"x","peerId":"p"}'):
+            self.assertEqual(self.server.request("POST", "/publish", body).status, 400)
+        self.assertEqual(conn.transport.value(), before)
+
     def test_bad_input_loses_nothing_stored(self) -> None:
         """A rejected publish leaves the stored peers as they were."""
         self.server.publish(peerId=PEER_A, content="kept")

@@ -76,6 +76,7 @@ class QuietSite(Site):
 def make_site(resource: IResource) -> QuietSite:
     site = QuietSite(resource)  # type: ignore[no-untyped-call]
     site.requestFactory = BoundedRequest
+    site.noisy = False  # no "Starting factory" lines; the service logs its URL
     return site
 
 
