@@ -49,15 +49,29 @@ def config_from_options(
         raise SystemExit(f"goop: {e}") from None
 
 
+def _loopback_url(rendezvous: Any) -> str:
+    """How this process reaches its own rendezvous."""
+    bind = rendezvous.config.rendezvous_bind
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(bind, f"[{bind}]" if ":" in bind else bind)
+    return f"http://{host}:{rendezvous.port}"
+
+
 def build_service(config: Config, reactor: Any = None) -> MultiService:
-    """The goop service tree for ``config`` (children start in this order)."""
+    """The goop service tree for ``config``.
+
+    Children start in the order added and stop one by one in reverse, so
+    the publisher's ``offline`` goes out while our own rendezvous still runs.
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    root = MultiService()  # type: ignore[no-untyped-call]
+    from goop.presence.node import SequentialMultiService
+
+    root = SequentialMultiService()  # type: ignore[no-untyped-call]
     root.setName("goop")  # type: ignore[no-untyped-call]
     presence = config.presence
+    rendezvous = None
     if presence.rendezvous_only or presence.rendezvous_host:
         from goop.rendezvous.service import RendezvousService
 
@@ -65,11 +79,65 @@ def build_service(config: Config, reactor: Any = None) -> MultiService:
         rendezvous.setName("rendezvous")  # type: ignore[no-untyped-call]
         rendezvous.setServiceParent(root)  # type: ignore[no-untyped-call]
     if not presence.rendezvous_only:
-        log.warn(
-            "goop: this build serves the rendezvous only; the peer services "
-            "(identity, presence publisher, viewer) are not part of it yet"
-        )
+        _add_peer_services(root, config, reactor, rendezvous)
     return root
+
+
+def _add_peer_services(root: MultiService, config: Config, reactor: Any, rendezvous: Any) -> None:
+    from goop.identity import IdentityError, load_or_create
+    from goop.peertable import PeerTable
+    from goop.presence.consumer import EventStreamConsumer
+    from goop.presence.node import (
+        HttpClientService,
+        IdentityService,
+        PeerTableService,
+        SelfPresence,
+    )
+    from goop.presence.publisher import Channel, PresencePublisher, RendezvousChannel
+    from goop.viewer.service import ViewerService
+
+    try:
+        identity, created = load_or_create(config.identity.key_file)
+    except IdentityError as e:
+        raise SystemExit(f"goop: identity.key_file: {e}") from None
+    presence = config.presence
+    me = SelfPresence(reactor, identity, config.profile.label, config.profile.email)
+    table = PeerTable(identity.peer_id, presence.ttl_seconds)
+    http = HttpClientService(reactor)
+    parts: list[Any] = [IdentityService(identity, created), PeerTableService(reactor, table), http]
+
+    channels: list[Channel] = []
+    if rendezvous is not None:
+        channels.append(RendezvousChannel("local", lambda: _loopback_url(rendezvous), http.client))
+    if presence.rendezvous_wan:
+        wan = presence.rendezvous_wan
+        channels.append(RendezvousChannel("wan", lambda: wan, http.client))
+    for channel in channels:
+        source = channel.name
+
+        def feed(message: Any, source: str = source) -> None:
+            table.observe(source, message, reactor.seconds())
+
+        consumer = EventStreamConsumer(
+            reactor, (lambda c=channel: c.url), feed, http.client, name=source  # type: ignore[misc]
+        )
+        consumer.setName(f"events-{source}")  # type: ignore[no-untyped-call]
+        parts.append(consumer)
+    if not channels:
+        log.warn(
+            "goop: no rendezvous configured (rendezvous_host / rendezvous_wan) and LAN "
+            "discovery is not in this build: this peer sees only what reaches it through "
+            "a rendezvous, so it will see no one"
+        )
+    parts.append(
+        PresencePublisher(reactor, me.message, channels, presence.heartbeat_seconds)
+    )
+    viewer = config.viewer
+    parts.append(
+        ViewerService(reactor, viewer.viewer_host, viewer.viewer_port, table, me.current)
+    )
+    for part in parts:
+        part.setServiceParent(root)
 
 
 def makeService(options: Mapping[str, Any]) -> IService:

@@ -1,0 +1,131 @@
+"""The peer's merged view of who is online, over every channel it listens on.
+
+Pure logic; ``now`` (seconds) is passed in. Each peer carries its latest
+message and, per channel (``lan``, ``local``, ``wan``), when it was last
+heard there. A peer leaves when every channel that had it has either said
+``offline`` or been silent for ``ttl`` seconds. The peer's own ID is never
+listed. Observers hear ``appeared``, ``changed`` and ``left``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from goop.message import PresenceMessage
+
+SOURCES: Final = ("lan", "local", "wan")
+APPEARED: Final = "appeared"
+CHANGED: Final = "changed"
+LEFT: Final = "left"
+
+Observer = Callable[[str, "PeerView"], None]
+
+
+@dataclass
+class PeerView:
+    peer_id: str
+    message: PresenceMessage
+    seen: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def last_seen(self) -> float:
+        return max(self.seen.values(), default=0.0)
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted(self.seen)
+
+    def row(self) -> dict[str, Any]:
+        m = self.message
+        return {
+            "peer_id": self.peer_id,
+            "content": m.content,
+            "email": m.email,
+            "avatar_hash": m.avatar_hash,
+            "sources": self.sources,
+            "last_seen": self.last_seen,
+            "ts": m.ts,
+        }
+
+
+def _same_state(a: PresenceMessage, b: PresenceMessage) -> bool:
+    return a.content == b.content and a.email == b.email and a.avatar_hash == b.avatar_hash
+
+
+class PeerTable:
+    def __init__(self, self_id: str, ttl: float) -> None:
+        self.self_id = self_id
+        self.ttl = ttl
+        self._peers: dict[str, PeerView] = {}
+        self._observers: list[Observer] = []
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self._peers
+
+    def get(self, peer_id: str) -> PeerView | None:
+        return self._peers.get(peer_id)
+
+    def add_observer(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        self._observers.remove(observer)
+
+    def _notify(self, kind: str, view: PeerView) -> None:
+        for observer in list(self._observers):
+            observer(kind, view)
+
+    def observe(self, source: str, message: PresenceMessage, now: float) -> str | None:
+        """Take ``message`` heard on ``source``; returns the change it caused, if any."""
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r}")
+        peer_id = message.peer_id
+        if peer_id == self.self_id:
+            return None
+        view = self._peers.get(peer_id)
+        if message.type == "offline":
+            if view is None or source not in view.seen:
+                return None
+            del view.seen[source]
+            if view.seen:
+                return None
+            del self._peers[peer_id]
+            self._notify(LEFT, view)
+            return LEFT
+        if view is None:
+            view = self._peers[peer_id] = PeerView(peer_id, message, {source: now})
+            self._notify(APPEARED, view)
+            return APPEARED
+        new_source = source not in view.seen
+        changed = new_source or not _same_state(view.message, message)
+        view.message = message
+        view.seen[source] = now
+        if changed:
+            self._notify(CHANGED, view)
+            return CHANGED
+        return None
+
+    def expire(self, now: float) -> list[str]:
+        """Drop channels silent for ``ttl``; peers with none left leave. Returns who left."""
+        gone = []
+        for view in list(self._peers.values()):
+            stale = [s for s, t in view.seen.items() if now - t >= self.ttl]
+            if not stale:
+                continue
+            for s in stale:
+                del view.seen[s]
+            if view.seen:
+                self._notify(CHANGED, view)
+            else:
+                del self._peers[view.peer_id]
+                self._notify(LEFT, view)
+                gone.append(view.peer_id)
+        return gone
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [v.row() for v in sorted(self._peers.values(), key=lambda v: v.peer_id)]

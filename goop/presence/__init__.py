@@ -1,0 +1,1 @@
+"""A peer's presence over rendezvous servers: publishing, subscribing, the merged table."""

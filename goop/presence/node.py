@@ -1,0 +1,144 @@
+"""Small services a full peer is assembled from: identity, table upkeep, HTTP client.
+
+Also `SelfPresence` (what this peer says about itself) and
+`SequentialMultiService`, which stops its children one at a time in reverse
+order so the publisher's ``offline`` still reaches the peer's own rendezvous.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+
+from goop.identity import Identity
+from goop.message import PresenceMessage
+from goop.peertable import PeerTable, PeerView
+
+EXPIRE_INTERVAL: Final = 1.0
+
+
+class SequentialMultiService(MultiService):
+    """A MultiService whose stop waits for each child before stopping the next."""
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        Service.stopService(self)  # type: ignore[no-untyped-call]
+        for child in reversed(list(self)):
+            try:
+                yield maybeDeferred(child.stopService)
+            except Exception:
+                Logger().failure("stopping {child} failed", child=child)
+
+
+class SelfPresence:
+    """The presence message this peer publishes, built fresh each time."""
+
+    def __init__(self, reactor: IReactorTime, identity: Identity, content: str, email: str):
+        self.reactor = reactor
+        self.peer_id = identity.peer_id
+        self.content = content
+        self.email = email
+        self.avatar_hash = ""
+        self.last: PresenceMessage = self.message("online")
+
+    def message(self, kind: str) -> PresenceMessage:
+        self.last = PresenceMessage(
+            kind,
+            self.peer_id,
+            self.content,
+            self.email,
+            self.avatar_hash,
+            int(self.reactor.seconds() * 1000),
+        )
+        return self.last
+
+    def current(self) -> PresenceMessage:
+        return self.last
+
+
+class IdentityService(Service):
+    """Holds the peer's identity and says who we are when the peer starts."""
+
+    log = Logger()
+
+    def __init__(self, identity: Identity, created: bool) -> None:
+        self.identity = identity
+        self.created = created
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        how = "new key created in" if self.created else "key from"
+        self.log.info(
+            "peer id {peer_id} ({how} {path})",
+            peer_id=self.identity.peer_id,
+            how=how,
+            path=self.identity.path,
+        )
+
+
+class PeerTableService(Service):
+    """Expires silent peers every second and logs arrivals and departures."""
+
+    log = Logger()
+
+    def __init__(self, reactor: IReactorTime, table: PeerTable) -> None:
+        self.reactor = reactor
+        self.table = table
+        self._loop = LoopingCall(self._expire)
+        self._loop.clock = reactor
+        table.add_observer(self._changed)
+
+    def _changed(self, kind: str, view: PeerView) -> None:
+        if kind == "appeared":
+            self.log.info(
+                "sees peer {peer_id} ({content!r}) via {sources}",
+                peer_id=view.peer_id,
+                content=view.message.content,
+                sources=",".join(view.sources),
+            )
+        elif kind == "left":
+            self.log.info("peer {peer_id} gone", peer_id=view.peer_id)
+
+    def _expire(self) -> None:
+        try:
+            self.table.expire(self.reactor.seconds())
+        except Exception:
+            self.log.failure("expiring peers failed")
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._loop.start(EXPIRE_INTERVAL, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        if self._loop.running:
+            self._loop.stop()
+
+
+class _QuietPool(HTTPConnectionPool):
+    """A pool whose connection factories do not log every start and stop."""
+
+    class _factory(_HTTP11ClientFactory):
+        noisy = False
+
+
+class HttpClientService(Service):
+    """One treq client with a persistent pool; closes its connections at stop."""
+
+    def __init__(self, reactor: Any) -> None:
+        import treq
+
+        self.pool = _QuietPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+        self.pool.maxPersistentPerHost = 4
+        self.client = treq.client.HTTPClient(Agent(reactor, pool=self.pool))  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        closed: Deferred[None] = self.pool.closeCachedConnections()  # type: ignore[no-untyped-call]
+        return closed

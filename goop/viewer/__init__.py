@@ -1,0 +1,1 @@
+"""The local viewer: this peer's merged peer table over HTTP."""
