@@ -57,8 +57,14 @@ class GoopProcess:
 
     def wait_for_line(self, pattern: re.Pattern[str] | str, timeout: float = 20) -> re.Match[str]:
         """The first (new or already seen) output line matching ``pattern``."""
+        return self.wait_for_line_after(pattern, 0, timeout)
+
+    def wait_for_line_after(
+        self, pattern: re.Pattern[str] | str, after: int, timeout: float = 20
+    ) -> re.Match[str]:
+        """The first output line with index >= ``after`` matching ``pattern``."""
         rx = re.compile(pattern) if isinstance(pattern, str) else pattern
-        for line in self.lines:
+        for line in self.lines[after:]:
             m = rx.search(line)
             if m:
                 return m
