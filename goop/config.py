@@ -83,6 +83,7 @@ class PresenceConfig:
     max_subscribers: int = 10000
     max_subscribers_per_ip: int = 64
     rendezvous_tls_dir: str = ""
+    rendezvous_redirect_port: int = 0
     rendezvous_ca_file: str = ""
     trusted_proxies: tuple[str, ...] = ()
 
@@ -258,6 +259,12 @@ CLI_OPTIONS: Final[tuple[CliOption, ...]] = (
         "presence.rendezvous_tls_dir",
         False,
         "Serve HTTPS with SNI from this directory of <hostname>.pem files.",
+    ),
+    CliOption(
+        "rendezvous-redirect-port",
+        "presence.rendezvous_redirect_port",
+        False,
+        "With TLS: also listen on this port with plain HTTP that redirects to HTTPS (0 = off).",
     ),
     CliOption(
         "rendezvous-ca-file",
@@ -586,6 +593,13 @@ def _validate(values: dict[str, object], origin: Mapping[str, _Origin]) -> None:
         raise ConfigError(
             f"{label('presence.rendezvous_tls_dir')}: {_show_path(tls_dir)}: "
             "not a readable directory"
+        )
+    redirect = number("presence.rendezvous_redirect_port")
+    _check_range(label("presence.rendezvous_redirect_port"), redirect, 0, MAX_PORT, " (0 = off)")
+    if redirect and not tls_dir:
+        raise ConfigError(
+            f"{label('presence.rendezvous_redirect_port')}: needs presence.rendezvous_tls_dir "
+            "(it redirects plain HTTP to HTTPS)"
         )
     ca_file = text("presence.rendezvous_ca_file")
     if ca_file and not (os.path.isfile(ca_file) and _access(ca_file, os.R_OK)):

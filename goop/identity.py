@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -140,39 +141,50 @@ def identity_from_key_file_bytes(raw: bytes, path: str = "") -> Identity:
     return identity
 
 
+def _read_existing(path: str) -> Identity | None:
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise IdentityError(f"{path}: cannot read key file: {e.strerror}") from None
+    return identity_from_key_file_bytes(raw, path)
+
+
 def load_or_create(path: str) -> tuple[Identity, bool]:
     """The identity in ``path``, creating it (mode 0600) when the file does not exist.
 
     Returns (identity, created). A file that exists but cannot be read or
     parsed raises `IdentityError`: it is never silently replaced.
     """
+    existing = _read_existing(path)
+    if existing is not None:
+        return existing, False
+    identity = _from_seed(Ed25519PrivateKey.generate().private_bytes_raw(), path)
     p = Path(path)
     try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise IdentityError(f"{path}: cannot read key file: {e.strerror}") from None
-    else:
-        return identity_from_key_file_bytes(raw, path), False
-    identity = _from_seed(Ed25519PrivateKey.generate().private_bytes_raw(), path)
-    try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+        # A private temp name per creator; then link, not rename, so that when
+        # two processes create at once the first key on disk wins for both.
+        fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
         try:
+            os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)
             os.write(fd, identity.key_file_bytes())
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(tmp, 0o600)
-        # link, not rename: if another process created the key meanwhile, keep theirs.
         try:
             os.link(tmp, p)
+            linked = True
         except FileExistsError:
+            linked = False
+        finally:
             os.unlink(tmp)
-            return load_or_create(path)
-        os.unlink(tmp)
     except OSError as e:
         raise IdentityError(f"{path}: cannot create key file: {e.strerror}") from None
-    return identity, True
+    if linked:
+        return identity, True
+    winner = _read_existing(path)
+    if winner is None:  # the name exists but leads nowhere: a dangling symlink
+        raise IdentityError(f"{path}: is a symbolic link to a missing file")
+    return winner, False

@@ -49,11 +49,26 @@ def config_from_options(
         raise SystemExit(f"goop: {e}") from None
 
 
-def _loopback_url(rendezvous: Any) -> str:
-    """How this process reaches its own rendezvous."""
+def _loopback_url(rendezvous: Any, trust: Any) -> str:
+    """How this process reaches its own rendezvous (bound by the time this is asked)."""
     bind = rendezvous.config.rendezvous_bind
-    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(bind, f"[{bind}]" if ":" in bind else bind)
-    return f"http://{host}:{rendezvous.port}"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind, bind)
+    if rendezvous.tls is not None:
+        # Its certificate names the public host, not this address: see tlsclient.
+        trust.trust_own_loopback(host, rendezvous.port)
+    url_host = f"[{host}]" if ":" in host else host
+    return f"{rendezvous.scheme}://{url_host}:{rendezvous.port}"
+
+
+def _url_of(channel: Any) -> Any:
+    return lambda: channel.url
+
+
+def _feeder(table: Any, source: str, reactor: Any) -> Any:
+    def feed(message: Any) -> None:
+        table.observe(source, message, reactor.seconds())
+
+    return feed
 
 
 def build_service(config: Config, reactor: Any = None) -> MultiService:
@@ -74,8 +89,12 @@ def build_service(config: Config, reactor: Any = None) -> MultiService:
     rendezvous = None
     if presence.rendezvous_only or presence.rendezvous_host:
         from goop.rendezvous.service import RendezvousService
+        from goop.rendezvous.tls import TLSSetupError
 
-        rendezvous = RendezvousService(presence, reactor, logs=LogBuffer())
+        try:
+            rendezvous = RendezvousService(presence, reactor, logs=LogBuffer())
+        except TLSSetupError as e:
+            raise SystemExit(f"goop: presence.rendezvous_tls_dir: {e}") from None
         rendezvous.setName("rendezvous")  # type: ignore[no-untyped-call]
         rendezvous.setServiceParent(root)  # type: ignore[no-untyped-call]
     if not presence.rendezvous_only:
@@ -94,6 +113,7 @@ def _add_peer_services(root: MultiService, config: Config, reactor: Any, rendezv
         SelfPresence,
     )
     from goop.presence.publisher import Channel, PresencePublisher, RendezvousChannel
+    from goop.presence.tlsclient import RendezvousTrust
     from goop.viewer.service import ViewerService
 
     try:
@@ -103,25 +123,30 @@ def _add_peer_services(root: MultiService, config: Config, reactor: Any, rendezv
     presence = config.presence
     me = SelfPresence(reactor, identity, config.profile.label, config.profile.email)
     table = PeerTable(identity.peer_id, presence.ttl_seconds)
-    http = HttpClientService(reactor)
+    try:
+        trust = RendezvousTrust(presence.rendezvous_ca_file)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"goop: presence.rendezvous_ca_file: {e}") from None
+    http = HttpClientService(reactor, trust)
     parts: list[Any] = [IdentityService(identity, created), PeerTableService(reactor, table), http]
 
     channels: list[Channel] = []
     if rendezvous is not None:
-        channels.append(RendezvousChannel("local", lambda: _loopback_url(rendezvous), http.client))
+        channels.append(
+            RendezvousChannel("local", lambda: _loopback_url(rendezvous, trust), http.client)
+        )
     if presence.rendezvous_wan:
         wan = presence.rendezvous_wan
         channels.append(RendezvousChannel("wan", lambda: wan, http.client))
     for channel in channels:
-        source = channel.name
-
-        def feed(message: Any, source: str = source) -> None:
-            table.observe(source, message, reactor.seconds())
-
         consumer = EventStreamConsumer(
-            reactor, (lambda c=channel: c.url), feed, http.client, name=source  # type: ignore[misc]
+            reactor,
+            _url_of(channel),
+            _feeder(table, channel.name, reactor),
+            http.client,
+            name=channel.name,
         )
-        consumer.setName(f"events-{source}")  # type: ignore[no-untyped-call]
+        consumer.setName(f"events-{channel.name}")  # type: ignore[no-untyped-call]
         parts.append(consumer)
     if not channels:
         log.warn(
@@ -129,13 +154,9 @@ def _add_peer_services(root: MultiService, config: Config, reactor: Any, rendezv
             "discovery is not in this build: this peer sees only what reaches it through "
             "a rendezvous, so it will see no one"
         )
-    parts.append(
-        PresencePublisher(reactor, me.message, channels, presence.heartbeat_seconds)
-    )
+    parts.append(PresencePublisher(reactor, me.message, channels, presence.heartbeat_seconds))
     viewer = config.viewer
-    parts.append(
-        ViewerService(reactor, viewer.viewer_host, viewer.viewer_port, table, me.current)
-    )
+    parts.append(ViewerService(reactor, viewer.viewer_host, viewer.viewer_port, table, me.current))
     for part in parts:
         part.setServiceParent(root)
 

@@ -913,7 +913,7 @@ class CliTests(ConfigTestCase):
                 "key-file label email listen-port mdns-tag mdns-interfaces topic ttl-seconds "
                 "heartbeat-seconds rendezvous-port rendezvous-bind rendezvous-wan "
                 "admin-password peer-db-path publish-rate-limit max-subscribers "
-                "max-subscribers-per-ip rendezvous-tls-dir rendezvous-ca-file "
+                "max-subscribers-per-ip rendezvous-tls-dir rendezvous-redirect-port rendezvous-ca-file "
                 "trusted-proxies http-addr".split()
             ),
         )

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from goop.backoff import Backoff
 from goop.message import MessageError, PresenceMessage, message_from_object
+from goop.presence.tlsclient import describe_failure
 from goop.sseparse import SSEParser, SSEProtocolError
 
 KEEPALIVE: Final = 25.0  # the server's ping period
@@ -157,7 +158,7 @@ class EventStreamConsumer(Service):
             self.log.warn(
                 "cannot subscribe to {url}/events ({why}); retrying with backoff",
                 url=self.url,
-                why=failure.getErrorMessage() or failure.type.__name__,  # type: ignore[union-attr]
+                why=describe_failure(failure),
             )
         self._schedule()
 

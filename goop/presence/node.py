@@ -131,12 +131,16 @@ class _QuietPool(HTTPConnectionPool):
 class HttpClientService(Service):
     """One treq client with a persistent pool; closes its connections at stop."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, tls_policy: Any = None) -> None:
         import treq
 
+        from goop.presence.tlsclient import RendezvousTrust
+
+        self.tls_policy = tls_policy if tls_policy is not None else RendezvousTrust()
         self.pool = _QuietPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
         self.pool.maxPersistentPerHost = 4
-        self.client = treq.client.HTTPClient(Agent(reactor, pool=self.pool))  # type: ignore[no-untyped-call]
+        agent = Agent(reactor, contextFactory=self.tls_policy, pool=self.pool)  # type: ignore[no-untyped-call]
+        self.client = treq.client.HTTPClient(agent)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]

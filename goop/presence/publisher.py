@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from goop.backoff import Backoff
 from goop.message import PresenceMessage
+from goop.presence.tlsclient import describe_failure
 
 REQUEST_TIMEOUT: Final = 5.0
 STOP_TIMEOUT: Final = 1.5
@@ -156,7 +157,7 @@ class PresencePublisher(Service):
                 self.log.warn(
                     "publishing to {channel} failed ({why}); retrying with backoff",
                     channel=target.channel.name,
-                    why=failure.getErrorMessage() or failure.type.__name__,
+                    why=describe_failure(failure),
                 )
             target.retry = self.reactor.callLater(delay, self._send, target)
 
@@ -192,7 +193,7 @@ class PresencePublisher(Service):
             self.log.warn(
                 "could not send offline to {channel}: {why}",
                 channel=target.channel.name,
-                why=failure.getErrorMessage() or failure.type.__name__,
+                why=describe_failure(failure),
             )
 
         return d.addErrback(failed)

@@ -7,6 +7,8 @@ startup with one clear line instead of running on with nothing listening.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from typing import Any, Final
 
@@ -16,6 +18,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web import resource
 
 from goop.config import PresenceConfig
 from goop.logbuffer import LogBuffer
@@ -23,6 +27,7 @@ from goop.netaddrs import connect_urls
 from goop.rendezvous.board import PRUNE_INTERVAL, Board
 from goop.rendezvous.fanout import Hub
 from goop.rendezvous.http import make_site, parse_networks
+from goop.rendezvous.tls import ReloadableSNI, TLSSetupError
 from goop.rendezvous.web import RendezvousApp
 
 PING_INTERVAL: Final = 25.0
@@ -30,6 +35,24 @@ PING_INTERVAL: Final = 25.0
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+class _RedirectToHTTPS(resource.Resource):
+    """Plain HTTP on the redirect port: every request is sent to the HTTPS port."""
+
+    isLeaf = True
+
+    def __init__(self, https_port: Any) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._https_port = https_port
+
+    def render(self, request: Any) -> bytes:
+        host = (request.getRequestHostname() or b"localhost").decode("idna", "replace")
+        target = f"https://{_url_host(host)}:{self._https_port()}{request.uri.decode('latin-1')}"
+        request.setResponseCode(308)
+        request.setHeader(b"location", target.encode("latin-1", "replace"))
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return f"use {target}\n".encode()
 
 
 class RendezvousService(Service):
@@ -59,6 +82,10 @@ class RendezvousService(Service):
         )
         self.site = make_site(self.web.resource())
         self.listening: IListeningPort | None = None
+        self.redirecting: IListeningPort | None = None
+        # Raises TLSSetupError naming the file when the directory cannot be served.
+        self.tls = ReloadableSNI(config.rendezvous_tls_dir) if config.rendezvous_tls_dir else None
+        self._previous_hup: Any = None
         self._pruner = LoopingCall(self._prune)
         self._pruner.clock = reactor
         self._pinger = LoopingCall(self.hub.ping)
@@ -72,8 +99,12 @@ class RendezvousService(Service):
         return port
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+    @property
     def url(self) -> str:
-        return f"http://{_url_host(self.config.rendezvous_bind)}:{self.port}"
+        return f"{self.scheme}://{_url_host(self.config.rendezvous_bind)}:{self.port}"
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()  # type: ignore[no-untyped-call]
@@ -82,14 +113,26 @@ class RendezvousService(Service):
     def _listen(self) -> None:
         if self.listening is not None:
             return
-        bind, port = self.config.rendezvous_bind, self.config.rendezvous_port
+        port = self.config.rendezvous_port
+        factory: Any = self.site
+        if self.tls is not None:
+            factory = TLSMemoryBIOFactory(self.tls, False, self.site)
+        self.listening = self._bind(port, factory, "presence.rendezvous_port / --rendezvous-port")
+        redirect = self.config.rendezvous_redirect_port
+        if redirect and self.tls is not None:
+            plain = make_site(_RedirectToHTTPS(lambda: self.port))
+            self.redirecting = self._bind(
+                redirect, plain, "presence.rendezvous_redirect_port / --rendezvous-redirect-port"
+            )
+
+    def _bind(self, port: int, factory: Any, setting: str) -> IListeningPort:
+        bind = self.config.rendezvous_bind
         try:
-            self.listening = self._tcp.listenTCP(port, self.site, interface=bind)  # type: ignore[arg-type]
+            return self._tcp.listenTCP(port, factory, interface=bind)
         except CannotListenError as e:
             reason = e.socketError.strerror if e.socketError is not None else str(e)
             raise SystemExit(
-                f"goop: rendezvous cannot listen on {bind}:{port}: {reason}"
-                " (presence.rendezvous_port / --rendezvous-port)"
+                f"goop: rendezvous cannot listen on {bind}:{port}: {reason} ({setting})"
             ) from None
 
     def startService(self) -> None:
@@ -100,6 +143,41 @@ class RendezvousService(Service):
         self._pruner.start(PRUNE_INTERVAL, now=False)
         self._pinger.start(PING_INTERVAL, now=False)
         self.log.info("rendezvous listening on {url}", url=self.url)
+        if self.tls is not None:
+            self.log.info(
+                "TLS certificates for {names} (default {default}) from {directory}",
+                names=", ".join(self.tls.names),
+                default=self.tls.default_name,
+                directory=self.tls.directory,
+            )
+            self._install_reload_signal()
+        if self.redirecting is not None:
+            self.log.info(
+                "redirecting plain HTTP on port {port} to HTTPS",
+                port=self.redirecting.getHost().port,  # type: ignore[attr-defined]
+            )
+
+    def _install_reload_signal(self) -> None:
+        # Signals can only be handled on the main thread (twistd's); tests
+        # that run the service elsewhere call reload_tls() themselves.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        callFromThread = self.reactor.callFromThread  # type: ignore[attr-defined]
+        self._previous_hup = signal.signal(
+            signal.SIGHUP, lambda signum, frame: callFromThread(self.reload_tls)
+        )
+
+    def reload_tls(self) -> bool:
+        """Re-read the certificate directory (SIGHUP); keeps the old ones on error."""
+        if self.tls is None:
+            return False
+        try:
+            names = self.tls.reload()
+        except TLSSetupError as e:
+            self.log.error("TLS reload failed, still serving the old certificates: {why}", why=e)
+            return False
+        self.log.info("TLS certificates reloaded: {names}", names=", ".join(names))
+        return True
 
     def _prune(self) -> None:
         # Guarded: an exception would otherwise stop the LoopingCall for good.
@@ -118,6 +196,12 @@ class RendezvousService(Service):
                 loop.stop()
         self.hub.close_all()
         globalLogPublisher.removeObserver(self.logs)
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
+        if self.redirecting is not None:
+            self.redirecting.stopListening()
+            self.redirecting = None
         listening, self.listening = self.listening, None
         if listening is None:
             return succeed(None)
@@ -127,4 +211,4 @@ class RendezvousService(Service):
 
     def _stopped_url(self, listening: IListeningPort) -> str:
         port = listening.getHost().port  # type: ignore[attr-defined]
-        return f"http://{_url_host(self.config.rendezvous_bind)}:{port}"
+        return f"{self.scheme}://{_url_host(self.config.rendezvous_bind)}:{port}"
