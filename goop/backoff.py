@@ -7,6 +7,7 @@ server do not come back to it in lockstep.
 
 from __future__ import annotations
 
+import math
 import random
 
 
@@ -18,6 +19,8 @@ class Backoff:
         factor: float = 2.0,
         rng: random.Random | None = None,
     ) -> None:
+        if not all(math.isfinite(x) for x in (initial, cap, factor)):
+            raise ValueError("initial, cap and factor must be finite numbers")
         if initial <= 0 or cap < initial or factor < 1:
             raise ValueError("need 0 < initial <= cap and factor >= 1")
         self.initial = initial
@@ -28,9 +31,17 @@ class Backoff:
 
     def next(self) -> float:
         """The delay before the next attempt (and count this one)."""
-        base = min(self.cap, self.initial * self.factor ** min(self.attempts, 64))
+        base = self._base(self.attempts)
         self.attempts += 1
         return base * self._rng.uniform(0.5, 1.0)
+
+    def _base(self, n: int) -> float:
+        # Compared in logs, so a huge factor or attempt count cannot overflow.
+        if self.factor == 1:
+            return self.initial
+        if n * math.log(self.factor) >= math.log(self.cap / self.initial):
+            return self.cap
+        return min(self.cap, self.initial * self.factor**n)
 
     def reset(self) -> None:
         self.attempts = 0

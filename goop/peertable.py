@@ -93,7 +93,8 @@ class PeerTable:
                 return None
             del view.seen[source]
             if view.seen:
-                return None
+                self._notify(CHANGED, view)
+                return CHANGED
             del self._peers[peer_id]
             self._notify(LEFT, view)
             return LEFT

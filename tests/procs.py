@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
-LISTENING = re.compile(r"rendezvous listening on (http://\S+)")
+LISTENING = re.compile(r"rendezvous listening on (https?://\S+)")
 
 
 class GoopProcess:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -154,13 +153,8 @@ class OfflineTests(SynchronousTestCase):
         self.assertEqual(t.expire(1.0 + TTL - 0.001), [])
         self.assertEqual(t.expire(1.0 + TTL), ["a"])
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: offline on one of two channels drops that source silently; "
-        "expiry of one of two channels notifies 'changed'",
-    )
     def test_offline_from_one_of_two_sources_notifies_changed(self) -> None:
-        """BUG: losing a channel by offline is reported as changed, as expiry is.
+        """losing a channel by offline is reported as changed, as expiry is.
 
         observe() deletes the source and returns None, so observers keep showing
         sources ["lan", "wan"] while rows() says ["wan"].
@@ -263,7 +257,7 @@ class ObserverTests(SynchronousTestCase):
 
     def test_observer_may_remove_itself_while_notified(self) -> None:
         """An observer unsubscribing during a notification does not skip the others."""
-        t, rec = table()
+        t, rec = PeerTable(SELF, TTL), Recorder()
 
         def once(kind: str, view: PeerView) -> None:
             t.remove_observer(once)
@@ -372,7 +366,7 @@ operations = st.one_of(
               st.integers(min_value=0, max_value=6)),
     st.tuples(st.just("expire"), st.just(""), st.none(), st.integers(min_value=0, max_value=12)),
 )
-Op = tuple[str, str, "PresenceMessage | None", int]
+Op = tuple[str, str, PresenceMessage | None, int]
 
 
 class ReferenceModelTests(SynchronousTestCase):

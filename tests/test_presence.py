@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -241,7 +244,9 @@ class WanFailureTests(TestCase):
 
     @defer.inlineCallbacks
     def check_local_path_with_wan(self, wan: str):  # type: ignore[no-untyped-def]
-        key = self.mktemp()
+        home = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, home, True)
+        key = os.path.join(home, "identity.key")
         config = Config(
             identity=IdentityConfig(key_file=key),
             p2p=P2PConfig(enabled=False, mdns_enabled=False),

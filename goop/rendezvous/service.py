@@ -47,7 +47,7 @@ class _RedirectToHTTPS(resource.Resource):
         self._https_port = https_port
 
     def render(self, request: Any) -> bytes:
-        host = (request.getRequestHostname() or b"localhost").decode("idna", "replace")
+        host = (request.getRequestHostname() or b"localhost").decode("ascii", "replace")
         target = f"https://{_url_host(host)}:{self._https_port()}{request.uri.decode('latin-1')}"
         request.setResponseCode(308)
         request.setHeader(b"location", target.encode("latin-1", "replace"))

@@ -62,7 +62,7 @@ class _HostMap:
 
     def __getitem__(self, hostname: Any) -> CertificateOptions:
         if isinstance(hostname, bytes):
-            hostname = hostname.decode("idna", "replace")
+            hostname = hostname.decode("ascii", "replace")
         key = (hostname or "default").lower()
         return self.certificates.get(key, self.certificates[self.default_name])
 
