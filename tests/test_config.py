@@ -913,8 +913,8 @@ class CliTests(ConfigTestCase):
                 "key-file label email listen-port mdns-tag mdns-interfaces topic ttl-seconds "
                 "heartbeat-seconds rendezvous-port rendezvous-bind rendezvous-wan "
                 "admin-password peer-db-path publish-rate-limit max-subscribers "
-                "max-subscribers-per-ip rendezvous-tls-dir rendezvous-redirect-port rendezvous-ca-file "
-                "trusted-proxies http-addr".split()
+                "max-subscribers-per-ip rendezvous-tls-dir rendezvous-redirect-port "
+                "rendezvous-ca-file trusted-proxies http-addr".split()
             ),
         )
         self.assertEqual(len({o.name for o in CLI_OPTIONS}), len(CLI_OPTIONS))
