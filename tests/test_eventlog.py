@@ -130,3 +130,25 @@ class ConnectUrlTests(SynchronousTestCase):
     def test_interface_addresses_include_loopback(self) -> None:
         """The real interface reader returns at least this machine's loopback."""
         self.assertIn("127.0.0.1", netaddrs.interface_addresses())
+
+
+class StallProbeTests(SynchronousTestCase):
+    def test_reports_the_longest_lateness_and_resets_its_window(self) -> None:
+        """A tick that runs late by d reports a stall of d; take() starts a new window."""
+        from twisted.internet.task import Clock
+
+        from goop.stallprobe import StallProbe
+
+        clock = Clock()
+        probe = StallProbe(clock, interval=0.01)
+        probe.start()
+        clock.advance(0.01)
+        clock.advance(0.01)
+        self.assertEqual(probe.take()["max_stall_ms"], 0.0)
+        clock.advance(0.26)  # the reactor was busy for a quarter second
+        first = probe.take()
+        self.assertAlmostEqual(first["max_stall_ms"], 250.0, places=3)
+        self.assertAlmostEqual(first["window_max_stall_ms"], 250.0, places=3)
+        clock.advance(0.01)
+        self.assertEqual(probe.take()["window_max_stall_ms"], 0.0)
+        probe.stop()

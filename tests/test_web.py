@@ -336,7 +336,7 @@ class PagesTests(SynchronousTestCase):
 
 
 class AdminTests(SynchronousTestCase):
-    PATHS = ("/admin", "/peers.json", "/logs.json")
+    PATHS = ("/admin", "/peers.json", "/logs.json", "/stats.json")
 
     def test_disabled_without_password_is_403(self) -> None:
         """No admin_password configured: 403 whatever the credentials."""
@@ -386,6 +386,8 @@ class AdminTests(SynchronousTestCase):
         self.assertGreater(row["bytes_sent"], 0)
         logs = server.request("GET", "/logs.json", headers=auth).json()
         self.assertTrue(any(PEER_A in line["text"] for line in logs))
+        stats = server.request("GET", "/stats.json", headers=auth).json()
+        self.assertEqual((stats["peers"], stats["subscribers"]), (1, 1))
         page = server.request("GET", "/admin", headers=auth)
         self.assertEqual(page.status, 200)
         self.assertIn(PEER_A.encode(), page.body)

@@ -29,6 +29,7 @@ from goop.rendezvous.fanout import Hub
 from goop.rendezvous.http import make_site, parse_networks
 from goop.rendezvous.tls import ReloadableSNI, TLSSetupError
 from goop.rendezvous.web import RendezvousApp
+from goop.stallprobe import StallProbe
 
 PING_INTERVAL: Final = 25.0
 
@@ -71,6 +72,7 @@ class RendezvousService(Service):
         # Ids start at the wall clock in microseconds, so they keep growing
         # across restarts and an id from an earlier run reads as "too old".
         self.board = Board(self.hub, config.ttl_seconds, first_event_id=int(time.time() * 1e6))
+        self.stall_probe = StallProbe(reactor)
         self.web = RendezvousApp(
             self.board,
             reactor,
@@ -79,6 +81,7 @@ class RendezvousService(Service):
             trusted_proxies=parse_networks(config.trusted_proxies),
             logs=self.logs,
             connect_urls=lambda: connect_urls(config.rendezvous_bind, self.port or 0),
+            stats=self.stall_probe.take,
         )
         self.site = make_site(self.web.resource())
         self.listening: IListeningPort | None = None
@@ -141,6 +144,7 @@ class RendezvousService(Service):
         globalLogPublisher.addObserver(self.logs)
         self.board.accepting = True
         self._pruner.start(PRUNE_INTERVAL, now=False)
+        self.stall_probe.start()
         self._pinger.start(PING_INTERVAL, now=False)
         self.log.info("rendezvous listening on {url}", url=self.url)
         if self.tls is not None:
@@ -194,6 +198,7 @@ class RendezvousService(Service):
         for loop in (self._pruner, self._pinger):
             if loop.running:
                 loop.stop()
+        self.stall_probe.stop()
         self.hub.close_all()
         globalLogPublisher.removeObserver(self.logs)
         if self._previous_hup is not None:

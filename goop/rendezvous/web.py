@@ -67,6 +67,7 @@ class RendezvousApp:
         trusted_proxies: Sequence[Network] = (),
         logs: LogBuffer | None = None,
         connect_urls: Callable[[], list[str]] = list,
+        stats: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.board = board
         self.reactor = reactor
@@ -75,6 +76,7 @@ class RendezvousApp:
         self.trusted_proxies = tuple(trusted_proxies)
         self.logs = logs if logs is not None else LogBuffer()
         self.connect_urls = connect_urls
+        self.stats = stats
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -206,6 +208,25 @@ class RendezvousApp:
         if refused is not None:
             return refused
         return _send_json(request, 200, self.logs.lines())
+
+    @app.route("/stats.json", branch=False)
+    def stats_json(self, request: Any) -> bytes:
+        """Admin: counters for operators and the benchmark (resets the stall window)."""
+        refused = _wrong_method(request, "GET") or self._admin_refusal(request)
+        if refused is not None:
+            return refused
+        hub = self.board.hub
+        return _send_json(
+            request,
+            200,
+            {
+                "peers": len(self.board.registry),
+                "subscribers": len(hub),
+                "paused_subscribers": sum(1 for s in hub.subscribers if s.paused),
+                "event_head": self.board.events.head,
+                **self.stats(),
+            },
+        )
 
     @app.handle_errors(NotFound)
     def not_found(self, request: Any, failure: Failure) -> bytes:
