@@ -89,12 +89,15 @@ def build_service(config: Config, reactor: Any = None) -> MultiService:
     rendezvous = None
     if presence.rendezvous_only or presence.rendezvous_host:
         from goop.rendezvous.service import RendezvousService
+        from goop.rendezvous.store import StoreError
         from goop.rendezvous.tls import TLSSetupError
 
         try:
             rendezvous = RendezvousService(presence, reactor, logs=LogBuffer())
         except TLSSetupError as e:
             raise SystemExit(f"goop: presence.rendezvous_tls_dir: {e}") from None
+        except StoreError as e:
+            raise SystemExit(f"goop: presence.peer_db_path: {e}") from None
         rendezvous.setName("rendezvous")  # type: ignore[no-untyped-call]
         rendezvous.setServiceParent(root)  # type: ignore[no-untyped-call]
     if not presence.rendezvous_only:

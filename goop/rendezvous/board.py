@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from goop.message import PresenceMessage
@@ -28,6 +29,8 @@ class Board:
         self.registry = PeerRegistry()
         self.events = EventLog(first_event_id)
         self.accepting = True
+        # Peers whose offline event comes from expiry (shared mode logs it late).
+        self._expiring: set[str] = set()
         hub.on_batch = self._count_sent
 
     def _count_sent(self, batch: list[Event], subscribers: int) -> None:
@@ -38,9 +41,19 @@ class Board:
             if entry is not None:
                 entry.bytes_sent += len(event.frame) * subscribers
 
+    def accept(self, message: PresenceMessage, nbytes: int, now: float) -> Deferred[None] | None:
+        """A validated publish: stored and fanned out (a Deferred when that waits on I/O)."""
+        self.publish(message, nbytes, now)
+        return None
+
     def publish(self, message: PresenceMessage, nbytes: int, now: float) -> Event:
         """Record ``message`` and fan it out; returns its event."""
         event = self.events.append(message.peer_id, message.encode())
+        self.record(message, event, now, nbytes)
+        return event
+
+    def record(self, message: PresenceMessage, event: Event, now: float, nbytes: int) -> Change:
+        """Apply an event to the table, log a transition, hand it to the hub."""
         change = self.registry.apply(message, event, now, nbytes)
         if change is Change.APPEARED:
             self.log.info(
@@ -50,9 +63,11 @@ class Board:
                 content=message.content,
             )
         elif change is Change.LEFT:
-            self.log.info("peer {peer_id} offline (offline message)", peer_id=message.peer_id)
+            why = "expired" if event.peer_id in self._expiring else "offline message"
+            self._expiring.discard(event.peer_id)
+            self.log.info("peer {peer_id} offline ({why})", peer_id=message.peer_id, why=why)
         self.hub.publish(event)
-        return event
+        return change
 
     def prune(self, now: float) -> list[str]:
         """Expire peers silent for ``ttl`` seconds; each gets an ``offline`` event."""

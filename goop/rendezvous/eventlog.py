@@ -43,8 +43,20 @@ class EventLog:
         return len(self._ring)
 
     def append(self, peer_id: str, data: bytes) -> Event:
-        self.head += 1
-        event = Event(self.head, peer_id, format_event(data, self.head))
+        """A new event with the next id."""
+        return self.add(self.head + 1, peer_id, data)
+
+    def add_snapshot(self, event_id: int, peer_id: str, data: bytes) -> Event:
+        """An old event known only as a peer's latest state (a restart's table): it
+        is framed like any other but is not in the replay ring."""
+        return Event(event_id, peer_id, format_event(data, event_id))
+
+    def add(self, event_id: int, peer_id: str, data: bytes) -> Event:
+        """An event whose id was chosen elsewhere (the shared store); ids only grow."""
+        if event_id <= self.head:
+            raise ValueError(f"event id {event_id} is not after {self.head}")
+        self.head = event_id
+        event = Event(event_id, peer_id, format_event(data, event_id))
         self._ring.append(event)
         return event
 
@@ -61,4 +73,7 @@ class EventLog:
         if not self._ring or last_id < self._ring[0].id - 1:
             return None
         start = last_id - self._ring[0].id + 1
-        return list(itertools.islice(self._ring, start, None))
+        if start < len(self._ring) and self._ring[start].id == last_id + 1:
+            return list(itertools.islice(self._ring, start, None))
+        # Ids with gaps (a shared store's rolled-back inserts): find the spot.
+        return [e for e in self._ring if e.id > last_id]

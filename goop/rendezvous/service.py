@@ -13,7 +13,7 @@ import time
 from typing import Any, Final
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -27,6 +27,7 @@ from goop.netaddrs import connect_urls
 from goop.rendezvous.board import PRUNE_INTERVAL, Board
 from goop.rendezvous.fanout import Hub
 from goop.rendezvous.http import make_site, parse_networks
+from goop.rendezvous.shared import SharedBoard
 from goop.rendezvous.tls import ReloadableSNI, TLSSetupError
 from goop.rendezvous.web import RendezvousApp
 from goop.stallprobe import StallProbe
@@ -69,9 +70,16 @@ class RendezvousService(Service):
             max_subscribers=config.max_subscribers,
             max_subscribers_per_ip=config.max_subscribers_per_ip,
         )
-        # Ids start at the wall clock in microseconds, so they keep growing
-        # across restarts and an id from an earlier run reads as "too old".
-        self.board = Board(self.hub, config.ttl_seconds, first_event_id=int(time.time() * 1e6))
+        self.board: Board
+        if config.peer_db_path:
+            # Raises StoreError naming the file when it is locked or damaged.
+            self.board = SharedBoard(self.hub, config.ttl_seconds, config.peer_db_path, reactor)
+        else:
+            # Ids start at the wall clock in microseconds, so they keep growing
+            # across restarts and an id from an earlier run reads as "too old".
+            self.board = Board(
+                self.hub, config.ttl_seconds, first_event_id=int(time.time() * 1e6)
+            )
         self.stall_probe = StallProbe(reactor)
         self.web = RendezvousApp(
             self.board,
@@ -143,6 +151,13 @@ class RendezvousService(Service):
         super().startService()  # type: ignore[no-untyped-call]
         globalLogPublisher.addObserver(self.logs)
         self.board.accepting = True
+        if isinstance(self.board, SharedBoard):
+            self.board.start()
+            self.log.info(
+                "sharing peers through {path}: {count} peers still online from before",
+                path=self.config.peer_db_path,
+                count=self.board.restored,
+            )
         self._pruner.start(PRUNE_INTERVAL, now=False)
         self.stall_probe.start()
         self._pinger.start(PING_INTERVAL, now=False)
@@ -207,12 +222,18 @@ class RendezvousService(Service):
         if self.redirecting is not None:
             self.redirecting.stopListening()
             self.redirecting = None
+        done: list[Deferred[None]] = []
+        if isinstance(self.board, SharedBoard):
+            done.append(self.board.stop())
         listening, self.listening = self.listening, None
-        if listening is None:
-            return succeed(None)
-        self.log.info("rendezvous stopped listening on {url}", url=self._stopped_url(listening))
-        stopped = listening.stopListening()
-        return stopped if stopped is not None else succeed(None)
+        if listening is not None:
+            self.log.info(
+                "rendezvous stopped listening on {url}", url=self._stopped_url(listening)
+            )
+            stopped = listening.stopListening()
+            if stopped is not None:
+                done.append(stopped)
+        return gatherResults(done).addCallback(lambda _: None) if done else succeed(None)
 
     def _stopped_url(self, listening: IListeningPort) -> str:
         port = listening.getHost().port  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ from goop.ratelimit import SlidingWindowLimiter
 from goop.rendezvous import pages
 from goop.rendezvous.board import Board
 from goop.rendezvous.http import Network, client_address
+from goop.rendezvous.shared import DatabaseUnavailable
 
 JSON = b"application/json"
 SUBSCRIBER_RETRY_AFTER = 10
@@ -90,7 +91,7 @@ class RendezvousApp:
     # -- peers ---------------------------------------------------------------
 
     @app.route("/publish", branch=False)
-    def publish(self, request: Any) -> bytes:
+    def publish(self, request: Any) -> bytes | Deferred[bytes]:
         refused = _wrong_method(request, "POST")
         if refused is not None:
             return refused
@@ -109,9 +110,21 @@ class RendezvousApp:
             message = parse_message(body, int(now * 1000))
         except MessageError as e:
             return _error(request, 400, str(e))
-        self.board.publish(message, len(body), now)
-        request.setResponseCode(204)
-        return b""
+        stored = self.board.accept(message, len(body), now)
+        if stored is None:
+            request.setResponseCode(204)
+            return b""
+
+        def done(_: None) -> bytes:
+            request.setResponseCode(204)
+            return b""
+
+        def unavailable(failure: Failure) -> bytes:
+            failure.trap(DatabaseUnavailable)  # type: ignore[no-untyped-call]
+            request.setHeader(b"retry-after", b"1")
+            return _error(request, 503, str(failure.value))
+
+        return stored.addCallbacks(done, unavailable)
 
     @app.route("/events", branch=False)
     def events(self, request: Any) -> bytes | Deferred[bytes]:
