@@ -60,6 +60,24 @@ class PeerTable:
         self.ttl = ttl
         self._peers: dict[str, PeerView] = {}
         self._observers: list[Observer] = []
+        # source -> since when its stream reports departures itself (a
+        # changes-only rendezvous stream): peers heard there since then are
+        # not timed out by us; the server's offline events remove them.
+        self._managed: dict[str, float] = {}
+
+    def manage(self, source: str, since: float) -> None:
+        """From ``since`` on, ``source``'s stream reports departures itself."""
+        self._managed[source] = since
+
+    def unmanage(self, source: str, now: float) -> None:
+        """That stream went away at ``now``: peers heard on it time out from now."""
+        started = self._managed.pop(source, None)
+        if started is None:
+            return
+        for view in self._peers.values():
+            heard = view.seen.get(source)
+            if heard is not None and heard >= started:
+                view.seen[source] = now
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -115,7 +133,11 @@ class PeerTable:
         """Drop channels silent for ``ttl``; peers with none left leave. Returns who left."""
         gone = []
         for view in list(self._peers.values()):
-            stale = [s for s, t in view.seen.items() if now - t >= self.ttl]
+            stale = [
+                s
+                for s, t in view.seen.items()
+                if now - t >= self.ttl and not (s in self._managed and t >= self._managed[s])
+            ]
             if not stale:
                 continue
             for s in stale:

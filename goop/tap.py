@@ -71,6 +71,16 @@ def _feeder(table: Any, source: str, reactor: Any) -> Any:
     return feed
 
 
+def _manager(table: Any, source: str) -> Any:
+    def managed(on: bool, now: float) -> None:
+        if on:
+            table.manage(source, now)
+        else:
+            table.unmanage(source, now)
+
+    return managed
+
+
 def build_service(config: Config, reactor: Any = None) -> MultiService:
     """The goop service tree for ``config``.
 
@@ -148,6 +158,7 @@ def _add_peer_services(root: MultiService, config: Config, reactor: Any, rendezv
             _feeder(table, channel.name, reactor),
             http.client,
             name=channel.name,
+            on_managed=_manager(table, channel.name),
         )
         consumer.setName(f"events-{channel.name}")  # type: ignore[no-untyped-call]
         parts.append(consumer)

@@ -164,9 +164,11 @@ class InMemoryServer:
         msg = {"type": "online", "peerId": "peer-1", **fields}
         return self.request("POST", "/publish", json.dumps(msg).encode(), ip=ip)
 
-    def subscribe(self, ip: str = "10.0.0.1", headers: dict[str, str] | None = None) -> Conn:
+    def subscribe(
+        self, ip: str = "10.0.0.1", headers: dict[str, str] | None = None, path: str = "/events"
+    ) -> Conn:
         conn = self.connect(ip)
-        conn.send("GET", "/events", headers=headers)
+        conn.send("GET", path, headers=headers)
         return conn
 
 

@@ -126,9 +126,9 @@ class ConsumerTests(Harness):
         asked: list[str | None] = []
         original = rv.board.backlog
 
-        def spy(last: str | None) -> Any:
+        def spy(last: str | None, changes_only: bool = False) -> Any:
             asked.append(last)
-            return original(last)
+            return original(last, changes_only)
 
         rv.board.backlog = spy  # type: ignore[method-assign]
         seen = c.last_event_id
@@ -137,6 +137,26 @@ class ConsumerTests(Harness):
         yield until(lambda: c.connections == 2 and len(got) == 2)
         self.assertEqual(asked, [seen])
         self.assertEqual([m.content for m in got], ["one", "two"])
+
+    @defer.inlineCallbacks
+    def test_changes_only_mode_is_detected_and_reported(self):  # type: ignore[no-untyped-def]
+        """Against a goop rendezvous the consumer's stream is changes-only (the server
+        says so), and it reports the mode when the stream opens and when it ends."""
+        rv = self.rendezvous()
+        calls: list[bool] = []
+        c = EventStreamConsumer(
+            reactor,
+            lambda: rv.url,
+            lambda m: None,
+            self.http.client,
+            on_managed=lambda on, now: calls.append(on),
+        )
+        c.startService()
+        self.addCleanup(c.stopService)
+        yield until(lambda: calls == [True])
+        self.assertTrue(c.changes_only)
+        rv.hub.close_all()
+        yield until(lambda: calls[:2] == [True, False])
 
     @defer.inlineCallbacks
     def test_silent_stream_is_treated_as_dead(self):  # type: ignore[no-untyped-def]
@@ -152,8 +172,9 @@ class ConsumerTests(Harness):
         """Non-JSON and invalid messages are counted and skipped; good ones still arrive."""
         good = json.dumps({"type": "online", "peerId": PEER, "content": "ok"}).encode()
         _Silent.body = (
-            b": ok\n\ndata: not json\n\ndata: {\"type\":\"nope\"}\n\ndata: [1]\n\ndata: "
-            + good + b"\n\n"
+            b': ok\n\ndata: not json\n\ndata: {"type":"nope"}\n\ndata: [1]\n\ndata: '
+            + good
+            + b"\n\n"
         )
         self.addCleanup(setattr, _Silent, "body", b": ok\n\n")
         url, _ = self.raw_server(_Silent)
@@ -290,4 +311,3 @@ class WanFailureTests(TestCase):
         port = reactor.listenTCP(0, server.Site(_Error500()), interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
         return self.check_local_path_with_wan(f"http://127.0.0.1:{port.getHost().port}")
-

@@ -31,6 +31,8 @@ SILENCE_FACTOR: Final = 2.5
 CONNECT_TIMEOUT: Final = 10.0
 
 OnMessage = Callable[[PresenceMessage], None]
+# Told (True, now) when a stream in changes-only mode opens, (False, now) when it ends.
+OnManaged = Callable[[bool, float], None]
 
 
 class _StreamReader(Protocol):
@@ -74,6 +76,7 @@ class EventStreamConsumer(Service):
         keepalive: float = KEEPALIVE,
         rng: random.Random | None = None,
         name: str = "rendezvous",
+        on_managed: OnManaged | None = None,
     ) -> None:
         self.reactor = reactor
         self._url = url
@@ -86,6 +89,8 @@ class EventStreamConsumer(Service):
         self.connected = False
         self.connections = 0  # streams opened so far (observable in tests)
         self.bad_events = 0
+        self.changes_only = False  # the open stream skips no-op heartbeats
+        self._on_managed = on_managed
         self._request: Deferred[Any] | None = None
         self._reader: _StreamReader | None = None
         self._retry: IDelayedCall | None = None
@@ -116,7 +121,9 @@ class EventStreamConsumer(Service):
         headers = {b"Accept": [b"text/event-stream"], b"Cache-Control": [b"no-cache"]}
         if self.last_event_id:
             headers[b"Last-Event-ID"] = [self.last_event_id.encode("utf-8", "replace")]
-        url = self.url + "/events"
+        # goop servers then skip heartbeats that change nothing (and say so in a
+        # header); others ignore the parameter and send everything.
+        url = self.url + "/events?changes=1"
         d = self._http.get(url, headers=headers, unbuffered=True, timeout=CONNECT_TIMEOUT)
         self._request = d
         d.addCallbacks(self._response, self._lost)
@@ -129,6 +136,10 @@ class EventStreamConsumer(Service):
             return
         self.connections += 1
         self.connected = True
+        advertised = response.headers.getRawHeaders(b"x-goop-changes") or []
+        self.changes_only = b"1" in advertised
+        if self.changes_only and self._on_managed is not None:
+            self._on_managed(True, self.reactor.seconds())
         if self._failing:
             self._failing = False
         self.log.info("subscribed to {url}/events", url=self.url)
@@ -142,6 +153,9 @@ class EventStreamConsumer(Service):
             return
         self._reader = None
         self.connected = False
+        if self.changes_only and self._on_managed is not None:
+            self._on_managed(False, self.reactor.seconds())
+        self.changes_only = False
         if self._watchdog is not None and self._watchdog.active():
             self._watchdog.cancel()
         self._watchdog = None

@@ -55,6 +55,7 @@ class Board:
     def record(self, message: PresenceMessage, event: Event, now: float, nbytes: int) -> Change:
         """Apply an event to the table, log a transition, hand it to the hub."""
         change = self.registry.apply(message, event, now, nbytes)
+        event.changed = change is not Change.REFRESHED
         if change is Change.APPEARED:
             self.log.info(
                 "peer {peer_id} online ({kind} message, content {content!r})",
@@ -89,7 +90,7 @@ class Board:
             gone.append(old.peer_id)
         return gone
 
-    def backlog(self, last_event_id: str | None) -> list[Event]:
+    def backlog(self, last_event_id: str | None, changes_only: bool = False) -> list[Event]:
         """What a new subscriber gets first: a replay when possible, else the snapshot."""
         if last_event_id is not None:
             try:
@@ -99,5 +100,5 @@ class Board:
             if last is not None:
                 missed = self.events.since(last)
                 if missed is not None:
-                    return missed
+                    return [e for e in missed if e.changed] if changes_only else missed
         return self.registry.snapshot()

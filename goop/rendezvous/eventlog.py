@@ -21,12 +21,14 @@ DEFAULT_CAPACITY: Final = 8192
 class Event:
     """One fanned-out message: its id, whose state it carries, its SSE bytes."""
 
-    __slots__ = ("frame", "id", "peer_id")
+    __slots__ = ("changed", "frame", "id", "peer_id")
 
     def __init__(self, event_id: int, peer_id: str, frame: bytes) -> None:
         self.id = event_id
         self.peer_id = peer_id
         self.frame = frame
+        # False for a heartbeat that changed nothing: changes-only streams skip it.
+        self.changed = True
 
     def __repr__(self) -> str:
         return f"Event({self.id}, {self.peer_id!r})"

@@ -34,12 +34,22 @@ class Subscriber:
 
     log = Logger()
 
-    __slots__ = ("_abort_call", "_hub", "address", "done", "paused", "pending", "request")
+    __slots__ = (
+        "_abort_call",
+        "_hub",
+        "address",
+        "changes_only",
+        "done",
+        "paused",
+        "pending",
+        "request",
+    )
 
-    def __init__(self, hub: Hub, request: Any, address: str) -> None:
+    def __init__(self, hub: Hub, request: Any, address: str, changes_only: bool = False) -> None:
         self._hub = hub
         self.request: Any = request
         self.address = address
+        self.changes_only = changes_only
         self.paused = False
         self.pending: dict[str, Event] | None = None
         self._abort_call: IDelayedCall | None = None
@@ -48,10 +58,13 @@ class Subscriber:
 
     def deliver(self, data: bytes, events: Iterable[Event]) -> None:
         if self.pending is None:
-            self.request.write(data)
+            if data:
+                self.request.write(data)
         else:
+            changes_only = self.changes_only
             for event in events:
-                self.pending[event.peer_id] = event
+                if event.changed or not changes_only:
+                    self.pending[event.peer_id] = event
 
     def write(self, data: bytes) -> None:
         if not self.paused:
@@ -141,12 +154,14 @@ class Hub:
             return f"too many subscribers from {address} (limit {per_ip})"
         return None
 
-    def subscribe(self, request: Any, address: str, backlog: list[Event]) -> Subscriber:
+    def subscribe(
+        self, request: Any, address: str, backlog: list[Event], changes_only: bool = False
+    ) -> Subscriber:
         """Open a stream on ``request``: ``: ok``, then ``backlog``, then live events."""
         # Anything still batched is already in ``backlog`` (which was read from
         # the current state), so deliver it now to everyone else first.
         self.flush()
-        sub = Subscriber(self, request, address)
+        sub = Subscriber(self, request, address, changes_only)
         request.registerProducer(sub, True)
         request.write(OK_COMMENT + b"".join(e.frame for e in backlog))
         self.subscribers.add(sub)
@@ -179,8 +194,14 @@ class Hub:
         if not batch:
             return
         data = b"".join(e.frame for e in batch) if len(batch) > 1 else batch[0].frame
+        changes: bytes | None = None  # joined once, only if a changes-only stream wants it
         for sub in list(self.subscribers):
-            sub.deliver(data, batch)
+            if sub.changes_only:
+                if changes is None:
+                    changes = b"".join(e.frame for e in batch if e.changed)
+                sub.deliver(changes, batch)
+            else:
+                sub.deliver(data, batch)
         if self.on_batch is not None:
             self.on_batch(batch, len(self.subscribers))
 

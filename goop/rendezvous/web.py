@@ -28,6 +28,7 @@ from goop.rendezvous.http import Network, client_address
 from goop.rendezvous.shared import DatabaseUnavailable
 
 JSON = b"application/json"
+CHANGES_HEADER = b"x-goop-changes"
 SUBSCRIBER_RETRY_AFTER = 10
 
 
@@ -139,15 +140,20 @@ class RendezvousApp:
         if why is not None:
             request.setHeader(b"retry-after", str(SUBSCRIBER_RETRY_AFTER).encode())
             return _error(request, 429, why)
+        changes_only = request.args.get(b"changes", [b""])[0] in (b"1", b"true")
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
+        # Advertises the changes-only mode: this stream honours ?changes=1.
+        request.setHeader(CHANGES_HEADER, b"1" if changes_only else b"available")
         # Tells nginx-style proxies not to buffer the stream.
         request.setHeader(b"x-accel-buffering", b"no")
         if request.method == b"HEAD":
             return b""
         last = request.getHeader(b"last-event-id")
-        backlog = self.board.backlog(last.decode("latin-1") if last is not None else None)
-        sub = hub.subscribe(request, address, backlog)
+        backlog = self.board.backlog(
+            last.decode("latin-1") if last is not None else None, changes_only
+        )
+        sub = hub.subscribe(request, address, backlog, changes_only)
         # Klein cancels this Deferred when the client goes away; the canceller
         # removes the subscriber. The server fires it to end the stream.
         return sub.done
