@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 # Where `make run` listens; override: make run PORT=9000
 RUN_PORT ?= 8787
 
-.PHONY: help venv install run test check lint typecheck unit sysdeps clean
+.PHONY: help venv install run test check lint typecheck unit sysdeps clean bench
 
 help:
 	@echo "make run    - create .venv, install goop, start a rendezvous on http://127.0.0.1:$(RUN_PORT)/"
@@ -16,6 +16,7 @@ help:
 
 # Dependencies are installed once per change of pyproject.toml.
 $(VENV)/.deps: pyproject.toml
+	@bash tools/sysdeps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q ".[test]"
@@ -47,6 +48,11 @@ lint: venv
 
 test: unit typecheck lint
 	@echo "make test: all checks passed"
+
+# SSE fan-out benchmark (server on core 0, load generator on core 1); writes
+# docs/benchmarks.md. Quick run: make bench BENCH_ARGS="--seconds 3 --cells 10:2,200:max"
+bench: install
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .hypothesis

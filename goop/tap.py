@@ -162,13 +162,25 @@ def _add_peer_services(root: MultiService, config: Config, reactor: Any, rendezv
         )
         consumer.setName(f"events-{channel.name}")  # type: ignore[no-untyped-call]
         parts.append(consumer)
-    if not channels:
+    for part in parts:
+        part.setServiceParent(root)
+    parts = []
+    lan: list[Channel] = []
+    if config.p2p.enabled or config.p2p.mdns_enabled:
+        # Imported here: --rendezvous-only never loads libp2p or zeroconf.
+        from goop.p2p import add_lan_services
+
+        # Attached before the publisher, so the publisher stops first and its
+        # offline still goes out on the LAN topic.
+        lan = add_lan_services(root, config, reactor, identity, table, me)
+    if not channels and not lan:
         log.warn(
             "goop: no rendezvous configured (rendezvous_host / rendezvous_wan) and LAN "
-            "discovery is not in this build: this peer sees only what reaches it through "
-            "a rendezvous, so it will see no one"
+            "discovery is off (p2p.enabled false): this peer will see no one"
         )
-    parts.append(PresencePublisher(reactor, me.message, channels, presence.heartbeat_seconds))
+    parts.append(
+        PresencePublisher(reactor, me.message, channels + lan, presence.heartbeat_seconds)
+    )
     viewer = config.viewer
     parts.append(ViewerService(reactor, viewer.viewer_host, viewer.viewer_port, table, me.current))
     for part in parts:

@@ -1,0 +1,105 @@
+"""LAN discovery: the libp2p adapter and the zeroconf (mDNS) bridge, wired into a peer.
+
+This package is imported only by a full peer with ``p2p.enabled`` (see
+``goop.tap``); ``--rendezvous-only`` never imports it, nor libp2p, nor
+zeroconf. docs/lan.md describes the whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from goop.message import PresenceMessage
+
+log = Logger()
+
+
+class LanChannel:
+    """The publisher's channel ``lan``: presence goes out on the GossipSub topic."""
+
+    name = "lan"
+
+    def __init__(self, adapter: Any, reactor: Any) -> None:
+        self.adapter = adapter
+        self.reactor = reactor
+
+    def send(self, message: PresenceMessage, timeout: float) -> Deferred[None]:
+        # At start libp2p needs a moment; wait for it instead of failing.
+        d: Deferred[Any] = self.adapter.when_ready()
+        d.addCallback(lambda _: self.adapter.publish(message))
+        return d.addTimeout(timeout, self.reactor)
+
+
+class _ContentCheck:
+    """Fetches each new LAN peer's content line once and logs it.
+
+    It proves the direct stream works both ways (an operator sees it in the
+    log) and costs one short stream per peer arrival.
+    """
+
+    def __init__(self, adapter: Any) -> None:
+        self.adapter = adapter
+        self.checked: set[str] = set()
+
+    def __call__(self, kind: str, view: Any) -> None:
+        if kind == "left":
+            self.checked.discard(view.peer_id)
+            return
+        if "lan" not in view.sources or view.peer_id in self.checked:
+            return
+        peer_id = view.peer_id
+        self.checked.add(peer_id)
+        d = self.adapter.fetch_content(peer_id)
+        d.addCallbacks(
+            lambda line: log.info(
+                "content of {peer_id} over libp2p: {line!r}", peer_id=peer_id, line=line
+            ),
+            lambda f: log.info(
+                "content of {peer_id} over libp2p failed: {why}",
+                peer_id=peer_id,
+                why=f.getErrorMessage() or f.type.__name__,
+            ),
+        )
+
+
+def add_lan_services(
+    root: Any, config: Any, reactor: Any, identity: Any, table: Any, me: Any
+) -> list[Any]:
+    """Attach the libp2p adapter (and the mDNS bridge) to ``root``.
+
+    Returns the publisher channels they provide (``lan``), so the caller can
+    hand them to the publisher; call this before the publisher is attached,
+    so the publisher stops (and says ``offline`` on the topic) first.
+    """
+    from goop.p2p.adapter import Libp2pAdapter
+
+    p2p = config.p2p
+    if not p2p.enabled:
+        if p2p.mdns_enabled:
+            log.info("mDNS is off too: it only finds libp2p peers, and p2p.enabled is false")
+        return []
+
+    def feed(message: PresenceMessage) -> None:
+        table.observe("lan", message, reactor.seconds())
+
+    adapter = Libp2pAdapter(
+        reactor,
+        identity,
+        config.presence.topic,
+        feed,
+        content=me.current().content,
+        listen_port=p2p.listen_port,
+    )
+    adapter.setName("libp2p")  # type: ignore[no-untyped-call]
+    adapter.setServiceParent(root)  # type: ignore[no-untyped-call]
+    table.add_observer(_ContentCheck(adapter))
+    if p2p.mdns_enabled:
+        from goop.p2p.mdns import MdnsBridge
+
+        bridge = MdnsBridge(reactor, adapter, p2p.mdns_tag, p2p.mdns_interfaces)
+        bridge.setName("mdns")  # type: ignore[no-untyped-call]
+        bridge.setServiceParent(root)  # type: ignore[no-untyped-call]
+    return [LanChannel(adapter, reactor)]

@@ -1,0 +1,307 @@
+"""The zeroconf (mDNS) bridge: advertise this peer on the LAN, find others, dial them.
+
+One job: python-zeroconf announces this peer under the DNS-SD service type
+``_<mdns_tag>._udp.local.`` (instance name = our peer ID) with one TXT
+string ``dnsaddr=<multiaddr>/p2p/<peer id>`` per libp2p address (go-libp2p's
+form), browses the same type, and hands every peer it finds to the libp2p
+adapter to dial. See docs/lan.md for why the tag maps to that type.
+
+Threads: zeroconf runs its own event-loop thread, and a threaded
+ServiceBrowser calls its handler in the browser's thread. The handler
+resolves there (never on the event-loop thread) and crosses into the
+reactor with ``reactor.callFromThread``; nothing here touches Twisted state
+from another thread. Starting (``register_service`` blocks ~1.6 s) and
+stopping (goodbye packets, joining zeroconf's threads) run in the reactor's
+thread pool.
+
+A peer leaving mDNS is only logged: the presence TTL decides when it is gone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+
+RESOLVE_TIMEOUT_MS: Final = 3000
+MAX_TXT_STRING: Final = 255
+# Enough for every address of a well-connected machine; more is noise.
+MAX_ADDRS: Final = 16
+_DNSADDR: Final = re.compile(
+    r"^dnsaddr=(/ip4/(\d{1,3}(?:\.\d{1,3}){3})/tcp/(\d{1,5})/p2p/([1-9A-HJ-NP-Za-km-z]{32,128}))$"
+)
+
+
+class TxtError(ValueError):
+    """A TXT record that is not a usable goop advertisement; str() says why."""
+
+
+def service_type(tag: str) -> str:
+    """The DNS-SD type for ``p2p.mdns_tag`` (1-15 letters, digits, hyphens)."""
+    return f"_{tag}._udp.local."
+
+
+def encode_txt(strings: list[bytes]) -> bytes:
+    """DNS TXT RDATA: each string prefixed by its length (at most 255 bytes)."""
+    out = bytearray()
+    for s in strings:
+        if len(s) > MAX_TXT_STRING:
+            raise ValueError(f"TXT string longer than {MAX_TXT_STRING} bytes")
+        out.append(len(s))
+        out += s
+    return bytes(out)
+
+
+def decode_txt(raw: bytes) -> list[bytes]:
+    """The strings of TXT RDATA; raises `TxtError` when a length runs past the end."""
+    strings = []
+    pos = 0
+    while pos < len(raw):
+        n = raw[pos]
+        if pos + 1 + n > len(raw):
+            raise TxtError("TXT data truncated")
+        strings.append(raw[pos + 1 : pos + 1 + n])
+        pos += 1 + n
+    return strings
+
+
+def advertisement(peer_id: str, addrs: list[str]) -> bytes:
+    """Our TXT RDATA: one ``dnsaddr=`` string per multiaddr (each ending /p2p/<id>)."""
+    return encode_txt([f"dnsaddr={a}".encode() for a in addrs[:MAX_ADDRS]])
+
+
+def parse_advertisement(raw: bytes) -> tuple[str, list[str]]:
+    """(peer ID, dialable multiaddrs) from a peer's TXT RDATA.
+
+    Strings other than ``dnsaddr=`` are skipped (others may add keys); a
+    ``dnsaddr=`` we cannot dial (not /ip4/.../tcp/.../p2p/...) is skipped.
+    Raises `TxtError` when nothing usable is left or the peer IDs disagree.
+    """
+    peer_ids: set[str] = set()
+    addrs: list[str] = []
+    for s in decode_txt(raw):
+        if not s.startswith(b"dnsaddr="):
+            continue
+        try:
+            text = s.decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        m = _DNSADDR.match(text)
+        if m is None:
+            continue
+        try:
+            ipaddress.IPv4Address(m.group(2))
+        except ValueError:
+            continue
+        port = int(m.group(3))
+        if not 0 < port <= 65535:
+            continue
+        peer_ids.add(m.group(4))
+        addrs.append(m.group(1))
+    if not addrs:
+        raise TxtError("no dialable dnsaddr=/ip4/.../tcp/.../p2p/... entry")
+    if len(peer_ids) > 1:
+        raise TxtError("dnsaddr entries name different peer IDs")
+    return peer_ids.pop(), addrs[:MAX_ADDRS]
+
+
+def _host_of(multiaddr: str) -> str:
+    return multiaddr.split("/")[2]
+
+
+class Dialer(Protocol):
+    """What the bridge needs from the libp2p adapter."""
+
+    peer_id: str
+
+    def when_ready(self) -> Deferred[list[str]]: ...
+
+    def connect(self, multiaddr: str) -> Deferred[None]: ...
+
+
+class MdnsBridge(Service):
+    """python-zeroconf on the LAN, with every callback handed to the reactor."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        dialer: Dialer,
+        tag: str,
+        interfaces: tuple[str, ...] = (),
+        on_found: Callable[[str, list[str]], None] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.dialer = dialer
+        self.type = service_type(tag)
+        self.interfaces = interfaces
+        self.on_found = on_found
+        self.zeroconf: Any = None
+        self._browser: Any = None
+        self._starting: Deferred[Any] | None = None
+        self._closed = False
+        self.known: dict[str, list[str]] = {}
+        # Threads our handlers ran on (the tests assert it is the reactor's).
+        self.handler_threads: set[str] = set()
+        # zeroconf's own threads (event loop, browser), to check they end at stop.
+        self.threads: list[threading.Thread] = []
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self._closed = False
+        d = self.dialer.when_ready()
+        d.addCallback(self._advertise)
+        d.addErrback(self._start_failed)
+
+    def _start_failed(self, failure: Any) -> None:
+        if self.running:
+            self.log.warn("mDNS not started: {why}", why=failure.getErrorMessage())
+
+    def _advertised_addrs(self, addrs: list[str]) -> list[str]:
+        if self.interfaces:
+            wanted = set(self.interfaces)
+            return [a for a in addrs if _host_of(a) in wanted]
+        lan = [a for a in addrs if not ipaddress.ip_address(_host_of(a)).is_loopback]
+        return lan or addrs
+
+    def _advertise(self, addrs: list[str]) -> Deferred[None]:
+        if not self.running:
+            return succeed(None)
+        mine = self._advertised_addrs(addrs)
+        port = int(mine[0].split("/")[4]) if mine else 0
+        d = self._starting = deferToThread(self._start_zeroconf, mine, port)
+
+        def started(_: None) -> None:
+            self.log.info(
+                "mDNS: advertising {type} with {addrs}; browsing for peers",
+                type=self.type,
+                addrs=" ".join(mine) or "(no address)",
+            )
+
+        return d.addCallback(started)
+
+    # --- runs in a pool thread -------------------------------------------------
+
+    def _start_zeroconf(self, addrs: list[str], port: int) -> None:
+        from zeroconf import InterfaceChoice, IPVersion, ServiceBrowser, ServiceInfo, Zeroconf
+
+        interfaces: Any = list(self.interfaces) if self.interfaces else InterfaceChoice.All
+        zc = Zeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
+        self.zeroconf = zc
+        self.threads = [t for t in (getattr(zc, "_loop_thread", None),) if t is not None]
+        if self._closed:
+            return
+        self._browser = ServiceBrowser(zc, self.type, handlers=[self._on_change])
+        self.threads.append(self._browser)
+        if not addrs:
+            return
+        peer_id = self.dialer.peer_id
+        info = ServiceInfo(
+            self.type,
+            f"{peer_id}.{self.type}",
+            port=port,
+            properties=advertisement(peer_id, addrs),
+            server=f"{peer_id.lower()[-16:]}.local.",
+            addresses=[socket.inet_aton(_host_of(a)) for a in addrs],
+        )
+        zc.register_service(info)
+
+    def _stop_zeroconf(self) -> None:
+        zc, self.zeroconf = self.zeroconf, None
+        browser, self._browser = self._browser, None
+        if browser is not None:
+            browser.cancel()
+        if zc is not None:
+            zc.unregister_all_services()
+            zc.close()
+
+    # --- runs in the browser's thread -----------------------------------------
+
+    def _on_change(self, zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
+        from zeroconf import ServiceStateChange
+
+        if state_change is ServiceStateChange.Removed:
+            self.reactor.callFromThread(self._gone, name)
+            return
+        try:
+            info = zeroconf.get_service_info(service_type, name, timeout=RESOLVE_TIMEOUT_MS)
+        except Exception as e:
+            self.reactor.callFromThread(self._unresolved, name, repr(e))
+            return
+        if info is None:
+            self.reactor.callFromThread(self._unresolved, name, "no answer")
+            return
+        self.reactor.callFromThread(self._found, name, bytes(info.text or b""))
+
+    # --- runs on the reactor thread -------------------------------------------
+
+    def _unresolved(self, name: str, why: str) -> None:
+        self.handler_threads.add(threading.current_thread().name)
+        self.log.debug("mDNS: could not resolve {name}: {why}", name=name, why=why)
+
+    def _gone(self, name: str) -> None:
+        self.handler_threads.add(threading.current_thread().name)
+        # The presence TTL (or a GossipSub offline) decides when it is gone.
+        self.log.info("mDNS: {name} left", name=name)
+
+    def _found(self, name: str, txt: bytes) -> None:
+        self.handler_threads.add(threading.current_thread().name)
+        if not self.running:
+            return
+        try:
+            peer_id, addrs = parse_advertisement(txt)
+        except TxtError as e:
+            self.log.warn("mDNS: ignoring {name}: {why}", name=name[:120], why=str(e))
+            return
+        if peer_id == self.dialer.peer_id:
+            return
+        if self.on_found is not None:
+            self.on_found(peer_id, addrs)
+        if self.known.get(peer_id) == addrs:
+            return
+        self.known[peer_id] = addrs
+        self.log.info("mDNS: found {peer_id} at {addrs}", peer_id=peer_id, addrs=" ".join(addrs))
+        self._dial(peer_id, list(addrs))
+
+    def _dial(self, peer_id: str, addrs: list[str]) -> None:
+        if not addrs or not self.running:
+            return
+        addr = addrs.pop(0)
+        d = self.dialer.connect(addr)
+
+        def failed(failure: Any) -> None:
+            self.log.info(
+                "mDNS: dialling {addr} failed: {why}", addr=addr, why=failure.getErrorMessage()
+            )
+            if addrs:
+                self._dial(peer_id, addrs)
+            else:
+                # Let a later announcement try again.
+                self.known.pop(peer_id, None)
+
+        d.addErrback(failed)
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self._closed = True
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            # A start still in its thread finishes first; then we close it.
+            try:
+                yield starting
+            except Exception:
+                pass
+        try:
+            yield deferToThread(self._stop_zeroconf)
+        except Exception:
+            self.log.failure("stopping zeroconf failed")
