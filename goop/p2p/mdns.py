@@ -32,6 +32,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 RESOLVE_TIMEOUT_MS: Final = 3000
+# Seconds before the same addresses of a peer are dialled again.
+REDIAL_AFTER: Final = 10.0
 MAX_TXT_STRING: Final = 255
 # Enough for every address of a well-connected machine; more is noise.
 MAX_ADDRS: Final = 16
@@ -149,11 +151,18 @@ class MdnsBridge(Service):
         self._browser: Any = None
         self._starting: Deferred[Any] | None = None
         self._closed = False
-        self.known: dict[str, list[str]] = {}
+        # peer ID -> (addresses, when we last dialled them).
+        self.known: dict[str, tuple[list[str], float]] = {}
         # Threads our handlers ran on (the tests assert it is the reactor's).
         self.handler_threads: set[str] = set()
         # zeroconf's own threads (event loop, browser), to check they end at stop.
         self.threads: list[threading.Thread] = []
+
+    def privilegedStartService(self) -> None:
+        # zeroconf is imported before the reactor runs (under twistd): an import
+        # in a pool thread holds the GIL long enough to stall the reactor.
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        import zeroconf  # noqa: F401
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -250,7 +259,9 @@ class MdnsBridge(Service):
 
     def _gone(self, name: str) -> None:
         self.handler_threads.add(threading.current_thread().name)
-        # The presence TTL (or a GossipSub offline) decides when it is gone.
+        # The presence TTL (or a GossipSub offline) decides when it is gone;
+        # forgetting its addresses makes its return dial it again at once.
+        self.known.pop(name.split(".", 1)[0], None)
         self.log.info("mDNS: {name} left", name=name)
 
     def _found(self, name: str, txt: bytes) -> None:
@@ -266,9 +277,14 @@ class MdnsBridge(Service):
             return
         if self.on_found is not None:
             self.on_found(peer_id, addrs)
-        if self.known.get(peer_id) == addrs:
+        now = self.reactor.seconds()
+        seen = self.known.get(peer_id)
+        # The same announcement again (zeroconf repeats them) is not redialled
+        # at once; later it is, since a peer killed and restarted on the same
+        # port announces the same addresses and needs a new connection.
+        if seen is not None and seen[0] == addrs and now - seen[1] < REDIAL_AFTER:
             return
-        self.known[peer_id] = addrs
+        self.known[peer_id] = (addrs, now)
         self.log.info("mDNS: found {peer_id} at {addrs}", peer_id=peer_id, addrs=" ".join(addrs))
         self._dial(peer_id, list(addrs))
 

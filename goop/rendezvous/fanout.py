@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -26,6 +27,11 @@ from goop.rendezvous.eventlog import Event
 from goop.sse import OK_COMMENT, PING_COMMENT
 
 DEFAULT_MAX_PAUSE: Final = 120.0
+
+
+def _chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk (what twisted.web writes for a chunked body)."""
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
 
 
 @implementer(IPushProducer)
@@ -36,6 +42,7 @@ class Subscriber:
 
     __slots__ = (
         "_abort_call",
+        "_direct",
         "_hub",
         "address",
         "changes_only",
@@ -53,18 +60,48 @@ class Subscriber:
         self.paused = False
         self.pending: dict[str, Event] | None = None
         self._abort_call: IDelayedCall | None = None
+        # The TCP transport to send chunks to directly, or None (see `_direct_transport`).
+        self._direct: Any = None
         # Fires when the server ends the stream; cancelled when the client leaves.
         self.done: Deferred[bytes] = Deferred(lambda _: hub.remove(self))
 
-    def deliver(self, data: bytes, events: Iterable[Event]) -> None:
+    def deliver(self, data: bytes, events: Iterable[Event], chunk: bytes = b"") -> None:
+        """Hand over one batch: ``data`` (SSE bytes), ``chunk`` (the same as an HTTP chunk)."""
         if self.pending is None:
             if data:
-                self.request.write(data)
+                t = self._direct
+                if (
+                    t is not None
+                    and chunk
+                    and not t.dataBuffer
+                    and not t._tempDataLen
+                    and t.connected
+                    and not t.disconnecting
+                    and not t._writeDisconnected
+                    and not self.request._disconnected
+                ):
+                    self._send(t, data, chunk)
+                else:
+                    self.request.write(data)
         else:
             changes_only = self.changes_only
             for event in events:
                 if event.changed or not changes_only:
                     self.pending[event.peer_id] = event
+
+    def _send(self, t: Any, data: bytes, chunk: bytes) -> None:
+        # Nothing is queued on the transport, so the socket is next in line:
+        # what send() takes is on the wire in order; the rest is queued behind
+        # it through the transport, which then applies back-pressure as usual.
+        try:
+            sent = t.socket.send(chunk)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # the transport finds the error on its own write and closes
+        self.request.sentLength += len(data)
+        if sent < len(chunk):
+            t.write(chunk[sent:] if sent else chunk)
 
     def write(self, data: bytes) -> None:
         if not self.paused:
@@ -91,6 +128,24 @@ class Subscriber:
 
     def stopProducing(self) -> None:
         self._hub.remove(self)
+
+    def _direct_transport(self) -> Any:
+        """The plain-TCP transport of a chunked stream whose head is written, else None."""
+        request = self.request
+        t = getattr(getattr(request, "channel", None), "transport", None)
+        if (
+            isinstance(t, Connection)
+            and not getattr(t, "TLS", True)
+            and getattr(request, "chunked", False)
+            and getattr(request, "startedWriting", False)
+            and all(
+                hasattr(t, a)
+                for a in ("socket", "dataBuffer", "_tempDataLen", "_writeDisconnected")
+            )
+            and hasattr(request, "_disconnected")
+        ):
+            return t
+        return None
 
     def _cancel_abort(self) -> None:
         if self._abort_call is not None and self._abort_call.active():
@@ -164,6 +219,7 @@ class Hub:
         sub = Subscriber(self, request, address, changes_only)
         request.registerProducer(sub, True)
         request.write(OK_COMMENT + b"".join(e.frame for e in backlog))
+        sub._direct = sub._direct_transport()
         self.subscribers.add(sub)
         self.per_address[address] = self.per_address.get(address, 0) + 1
         return sub
@@ -194,14 +250,17 @@ class Hub:
         if not batch:
             return
         data = b"".join(e.frame for e in batch) if len(batch) > 1 else batch[0].frame
+        chunk = _chunk(data)
         changes: bytes | None = None  # joined once, only if a changes-only stream wants it
+        changes_chunk = b""
         for sub in list(self.subscribers):
             if sub.changes_only:
                 if changes is None:
                     changes = b"".join(e.frame for e in batch if e.changed)
-                sub.deliver(changes, batch)
+                    changes_chunk = _chunk(changes)
+                sub.deliver(changes, batch, changes_chunk)
             else:
-                sub.deliver(data, batch)
+                sub.deliver(data, batch, chunk)
         if self.on_batch is not None:
             self.on_batch(batch, len(self.subscribers))
 

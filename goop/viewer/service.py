@@ -1,6 +1,8 @@
 """The local viewer: the peer's merged table as JSON (``/peers``) and a live page (``/``).
 
-Also ``/self``: the presence message this peer is publishing now. Binds
+Also ``/self``: the presence message this peer is publishing now, and
+``/stats``: the longest reactor stall seen by a probe (how long the reactor
+thread was kept from its event loop, by libp2p, zeroconf or anything else). Binds
 ``viewer.http_addr``; a taken port stops startup with one clear line, port 0
 takes a free one, and the real address is logged.
 """
@@ -22,6 +24,7 @@ from werkzeug.exceptions import NotFound
 from goop.message import PresenceMessage
 from goop.peertable import PeerTable
 from goop.rendezvous.http import make_site
+from goop.stallprobe import StallProbe
 
 _PAGE = resources.files("goop.viewer").joinpath("viewer.html").read_bytes()
 
@@ -36,9 +39,15 @@ def _json(request: Any, value: object, code: int = 200) -> bytes:
 class ViewerApp:
     app = Klein()
 
-    def __init__(self, table: PeerTable, current: Callable[[], PresenceMessage]) -> None:
+    def __init__(
+        self,
+        table: PeerTable,
+        current: Callable[[], PresenceMessage],
+        stats: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
         self.table = table
         self.current = current
+        self.stats = stats
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -50,6 +59,10 @@ class ViewerApp:
     @app.route("/self", branch=False, methods=["GET", "HEAD"])
     def self_(self, request: Any) -> bytes:
         return _json(request, self.current().to_dict())
+
+    @app.route("/stats", branch=False, methods=["GET", "HEAD"])
+    def stats_(self, request: Any) -> bytes:
+        return _json(request, self.stats())
 
     @app.route("/", branch=False, methods=["GET", "HEAD"])
     def page(self, request: Any) -> bytes:
@@ -79,7 +92,8 @@ class ViewerService(Service):
         self.reactor = reactor
         self.host = host
         self.requested_port = port
-        self.app = ViewerApp(table, current)
+        self.stall_probe = StallProbe(reactor)
+        self.app = ViewerApp(table, current, self._stats)
         self.site = make_site(self.app.resource())
         self.listening: IListeningPort | None = None
 
@@ -107,13 +121,18 @@ class ViewerService(Service):
                 " (viewer.http_addr / --http-addr; use port 0 for any free port)"
             ) from None
 
+    def _stats(self) -> dict[str, Any]:
+        return {"peers": len(self.app.table.rows()), **self.stall_probe.take()}
+
     def startService(self) -> None:
         self._listen()
         super().startService()  # type: ignore[no-untyped-call]
+        self.stall_probe.start()
         self.log.info("viewer listening on {url}", url=self.url)
 
     def stopService(self) -> Any:
         super().stopService()  # type: ignore[no-untyped-call]
+        self.stall_probe.stop()
         listening, self.listening = self.listening, None
         if listening is not None:
             return listening.stopListening()
