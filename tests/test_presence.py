@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 from twisted.web import resource, server
 
@@ -66,6 +67,23 @@ class _Error500(resource.Resource):
     def render(self, request: Any) -> bytes:
         request.setResponseCode(500)
         return b'{"error": "boom"}'
+
+
+class _Scripted(protocol.Protocol):
+    """Answers each /events request with the next body of ``bodies`` (the last one
+    repeats), then closes the connection if that body's flag says so."""
+
+    bodies: list[tuple[bytes, bool]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        requests = self.factory.requests  # type: ignore[attr-defined]
+        requests.append(data)
+        body, close = self.bodies[min(len(requests), len(self.bodies)) - 1]
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + body
+        )
+        if close:
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
 
 class Harness(TestCase):
@@ -182,6 +200,43 @@ class ConsumerTests(Harness):
         yield until(lambda: len(got) == 1)
         self.assertEqual(c.bad_events, 3)
         self.assertEqual(got[0].content, "ok")
+
+    @defer.inlineCallbacks
+    def test_ten_megabyte_line_ends_the_stream_and_the_next_one_works(self):  # type: ignore[no-untyped-def]
+        """A 10 MB line with no end is refused while reading (never buffered whole),
+        the stream is dropped with a logged reason, and the reconnect is served."""
+        good = json.dumps({"type": "online", "peerId": PEER, "content": "after"}).encode()
+        _Scripted.bodies = [
+            (b": ok\n\ndata: " + b"x" * (10 * 1024 * 1024), False),
+            (b": ok\n\ndata: " + good + b"\n\n", False),
+        ]
+        url, requests = self.raw_server(_Scripted)
+        with capturedLogs() as events:
+            _, got = self.consumer(url)
+            yield until(lambda: len(got) == 1, timeout=15)
+        self.assertEqual([m.content for m in got], ["after"])
+        self.assertEqual(len(requests), 2)
+        self.assertTrue(
+            any("bad event stream" in formatEvent(e) for e in events),
+            [formatEvent(e) for e in events],
+        )
+
+    @defer.inlineCallbacks
+    def test_server_closing_mid_event_dispatches_nothing_of_it(self):  # type: ignore[no-untyped-def]
+        """An event cut off by the server closing (no blank line yet) is discarded,
+        as the WHATWG parser says; the consumer reconnects and gets the next one."""
+        cut = json.dumps({"type": "online", "peerId": PEER, "content": "cut"}).encode()
+        good = json.dumps({"type": "online", "peerId": PEER, "content": "whole"}).encode()
+        _Scripted.bodies = [
+            (b": ok\n\ndata: " + cut + b"\n", True),
+            (b": ok\n\ndata: " + good + b"\n\n", False),
+        ]
+        url, requests = self.raw_server(_Scripted)
+        c, got = self.consumer(url)
+        yield until(lambda: len(got) == 1, timeout=15)
+        self.assertEqual([m.content for m in got], ["whole"])
+        self.assertEqual(len(requests), 2)
+        self.assertEqual(c.bad_events, 0)
 
     @defer.inlineCallbacks
     def test_server_that_appears_later_is_picked_up(self):  # type: ignore[no-untyped-def]
