@@ -1,0 +1,757 @@
+"""``make bench``: the rendezvous server under SSE fan-out load, one JSON line per cell.
+
+For each cell (K subscribers x a publish rate) this starts a fresh
+``twistd goop --rendezvous-only`` pinned to core 0, opens K ``/events``
+streams and publishes presence messages from the load generator
+(``bench/loadgen.py``: one subscriber process and one publisher process, both
+pinned to core 1), then prints one JSON line and, at the end, Markdown
+tables, which it also writes into ``docs/benchmarks.md``.
+
+Besides the K x rate grid, the default run has a multi-instance cell (three
+servers sharing one ``--peer-db-path`` file, publishers on the first,
+subscribers spread over all three) and steady-state cells: N peers each
+heartbeating every 5 s, watched by 100 subscribers on classic streams or on
+``/events?changes=1`` streams.
+
+    .venv/bin/python bench/run.py                      # the default run (~5 min)
+    .venv/bin/python bench/run.py --seconds 3 --cells 10:2,200:max --steady ''
+    .venv/bin/python bench/run.py serve                # just the pinned server (cross-checks)
+
+A cell is ``K:RATE[:INSTANCES]`` with RATE a number of msg/s, ``k/5`` or
+``max``; ``--steady N,...`` lists the steady-state peer counts.
+Only 127.0.0.1 is contacted; every wait is bounded; the server and the
+generator are killed at the end and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import datetime
+import http.client
+import json
+import math
+import os
+import platform
+import queue
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+DOCS = ROOT / "docs" / "benchmarks.md"
+DEFAULT_CELLS = ",".join(
+    [f"{k}:{r}" for k in (10, 200, 1000, 5000) for r in ("k/5", "200", "max")] + ["300:200:3"]
+)
+ADMIN_PASSWORD = "X"
+URL_RE = re.compile(r"rendezvous listening on (http://127\.0\.0\.1:(\d+))")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+START = "<!-- bench:results:start -->"
+END = "<!-- bench:results:end -->"
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Proc:
+    """A child process whose stdout lines are read by a thread into a queue."""
+
+    def __init__(self, cmd: list[str], name: str, stdin: bool = False, **kw: Any) -> None:
+        self.name = name
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.recent: deque[str] = deque(maxlen=60)
+        self.p = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+            **kw,
+        )
+        LIVE.add(self)
+        self._t = threading.Thread(target=self._pump, daemon=True)
+        self._t.start()
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def _pump(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self.recent.append(line.rstrip("\n"))
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def send(self, line: str) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    def read_json(self, timeout: float) -> dict[str, Any]:
+        """The next stdout line that is a JSON object; raises on timeout or exit."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"{self.name}: no answer within {timeout:.0f}s")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise RuntimeError(f"{self.name}: exited (code {self.p.wait()})")
+            if line.startswith("{"):
+                obj: dict[str, Any] = json.loads(line)
+                return obj
+
+    def wait_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"{self.name}: no {pattern.pattern!r} within {timeout:.0f}s")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                tail = "\n".join(self.recent)
+                raise RuntimeError(f"{self.name}: exited (code {self.p.wait()}):\n{tail}")
+            m = pattern.search(line)
+            if m:
+                return m
+
+    def stop(self, grace: float = 5.0) -> None:
+        LIVE.discard(self)
+        if self.p.poll() is not None:
+            return
+        try:
+            os.killpg(self.p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.p.wait(grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.p.wait(5)
+
+
+# Every child not yet stopped; `main` stops any left at exit.
+LIVE: set[Proc] = set()
+
+
+def stop_all() -> None:
+    for proc in list(LIVE):
+        proc.stop(grace=2.0)
+
+
+def proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # After the ")": state is field 3, so utime (14) and stime (15) are [11], [12].
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE_KB
+
+
+class Server:
+    def __init__(self, args: argparse.Namespace, peer_db_path: str = "") -> None:
+        self.args = args
+        self.proc: Proc | None = None
+        self.port = 0
+        self.url = ""
+        self.peer_db_path = peer_db_path
+        self._tmp = tempfile.TemporaryDirectory(prefix="goop-bench-")
+
+    def start(self) -> None:
+        twistd = str(Path(sys.executable).parent / "twistd")
+        cmd = [
+            "taskset", "-c", self.args.server_core, twistd, "--pidfile=", "-n", "goop",
+            "--rendezvous-only", "--rendezvous-port", "0", "--publish-rate-limit", "0",
+            "--max-subscribers", "0", "--max-subscribers-per-ip", "0",
+            "--admin-password", ADMIN_PASSWORD,
+        ]  # fmt: skip
+        if self.peer_db_path:
+            cmd += ["--peer-db-path", self.peer_db_path]
+        self.proc = Proc(cmd, "server", cwd=self._tmp.name, stderr=subprocess.STDOUT)
+        m = self.proc.wait_line(URL_RE, 30)
+        self.url, self.port = m.group(1), int(m.group(2))
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stats(self) -> dict[str, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        auth = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
+        try:
+            conn.request("GET", "/stats.json", headers={"Authorization": f"Basic {auth}"})
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"/stats.json answered {resp.status}: {body[:200]!r}")
+            out: dict[str, Any] = json.loads(body)
+            return out
+        finally:
+            conn.close()
+
+    def check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.p.poll() is not None:
+            tail = "\n".join(self.proc.recent)
+            raise RuntimeError(f"server exited (code {self.proc.p.returncode}):\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+        self._tmp.cleanup()
+
+
+# ---------------------------------------------------------------- one cell
+
+
+def parse_cells(spec: str) -> list[tuple[int, str, int]]:
+    """``K:RATE[:INSTANCES],...`` -> [(k, rate, instances)]."""
+    cells = []
+    for item in spec.split(","):
+        if not item.strip():
+            continue
+        k, _, rest = item.strip().partition(":")
+        rate, _, inst = rest.partition(":")
+        rate = rate.strip().lower() or "max"
+        if rate not in ("max", "k/5"):
+            float(rate)  # raises on nonsense
+        n = int(inst) if inst.strip() else 1
+        if n < 1:
+            raise ValueError(f"instances must be >= 1 in {item!r}")
+        cells.append((int(k), rate, n))
+    return cells
+
+
+def target_rate(k: int, rate: str) -> float:
+    """msg/s; 0 means as fast as possible."""
+    if rate == "max":
+        return 0.0
+    if rate == "k/5":
+        return k / 5
+    return float(rate)
+
+
+def stop_procs(procs: list[Proc | None], servers: list[Server]) -> None:
+    # A second Ctrl-C must not cut the cleanup short.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for p in procs:
+            if p is not None:
+                p.stop()
+        for server in servers:
+            server.stop()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def start_servers(args: argparse.Namespace, instances: int, tmp: str) -> list[Server]:
+    """One server, or ``instances`` sharing one peer_db_path file in ``tmp``."""
+    db = str(Path(tmp) / "peers.db") if instances > 1 else ""
+    servers = []
+    for _ in range(instances):
+        server = Server(args, db)
+        servers.append(server)
+        server.start()
+        server.stats()  # warm the admin route before the baseline
+    return servers
+
+
+def run_cell(
+    args: argparse.Namespace, k: int, rate_spec: str, index: int, instances: int = 1
+) -> dict[str, Any]:
+    rate = target_rate(k, rate_spec)
+    peers = max(1, min(k, args.peers_max))
+    seconds = args.seconds
+    py = sys.executable
+    gen = ["taskset", "-c", args.gen_core, py, str(LOADGEN)]
+    servers: list[Server] = []
+    sub: Proc | None = None
+    pub: Proc | None = None
+    tmp = tempfile.TemporaryDirectory(prefix="goop-bench-db-")
+    try:
+        servers = start_servers(args, instances, tmp.name)
+        server = servers[0]  # publishers talk to this one
+        pids = [s.pid for s in servers]
+        time.sleep(0.3)
+        rss0 = sum(proc_rss_kb(pid) for pid in pids)
+        ports = ",".join(str(s.port) for s in servers)
+        sub_cmd = [
+            *gen,
+            "subscribe", "--port", ports, "--k", str(k), "--parser", args.parser,
+            "--drain-max", str(args.drain_max), "--drain-idle", str(args.drain_idle),
+        ]  # fmt: skip
+        sub = Proc(sub_cmd, "subscribers", stdin=True)
+        ready = sub.read_json(90)
+        if ready.get("ready") != k:
+            raise RuntimeError(f"only {ready.get('ready')}/{k} subscribers connected: {ready}")
+        time.sleep(0.5)
+        for s in servers:
+            s.check_alive()
+        rss1 = sum(proc_rss_kb(pid) for pid in pids)
+        pub_cmd = [
+            *gen,
+            "publish", "--port", str(server.port), "--rate", str(rate), "--seconds", str(seconds),
+            "--peers", str(peers), "--peer-prefix", f"bench-{index}-",
+            "--conns", str(args.conns), "--depth", str(args.max_depth if rate == 0 else args.depth),
+        ]  # fmt: skip
+        pub = Proc(pub_cmd, "publisher", stdin=True)
+        pub.read_json(30)
+        stats0 = [s.stats() for s in servers]
+        cpu0 = sum(proc_cpu_s(pid) for pid in pids)
+        t0 = time.monotonic()
+        sub.send("go")
+        sub.read_json(10)
+        pub.send("start")
+        pres = pub.read_json(seconds + 60)
+        sub.send("drain " + json.dumps(pres.pop("latest")))
+        sres = sub.read_json(args.drain_max + 60)
+        wall = time.monotonic() - t0
+        cpu1 = sum(proc_cpu_s(pid) for pid in pids)
+        for s in servers:
+            s.check_alive()
+        stats1 = [s.stats() for s in servers]
+        sub.send("quit")
+    finally:
+        stop_procs([pub, sub], servers)
+        tmp.cleanup()
+
+    server_cpu = cpu1 - cpu0
+    events = sres["events"]
+    send_s = pres["send_s"]
+    accepted_per_s = pres["accepted"] / send_s
+    gen_cpu = sres["cpu_s"] + pres["cpu_s"]
+    return {
+        "k": k,
+        "rate": rate_spec if rate_spec == "max" else rate,
+        "instances": instances,
+        "seconds": seconds,
+        "peers": peers,
+        "sent": pres["sent"],
+        "accepted": pres["accepted"],
+        "errors": pres["errors"],
+        "unanswered": pres["unanswered"],
+        "publishes_per_s": round(accepted_per_s, 1),
+        "accepted_of_target": round(pres["accepted"] / (rate * seconds), 4) if rate else None,
+        "delivered": events,
+        "delivered_per_s": round(sres["events_per_s"], 1),
+        "latest_state_ratio": round(sres["latest_ratio"], 6),
+        "latest_state_complete": sres["complete"],
+        "lat_p50_ms": round(sres["lat_p50_ms"], 2),
+        "lat_p99_ms": round(sres["lat_p99_ms"], 2),
+        "lat_max_ms": round(sres["lat_max_ms"], 2),
+        "server_cpu_ms_per_1k": round(server_cpu * 1e6 / events, 2) if events else None,
+        "server_cpu_pct": round(100 * server_cpu / wall, 1),
+        "rss_idle_kb": rss0,
+        "rss_per_sub_kb": round((rss1 - rss0) / k, 2),
+        "stall_ms": max(st["window_max_stall_ms"] for st in stats1),
+        "stall_ms_before": max(st["window_max_stall_ms"] for st in stats0),
+        "paused_subs_end": sum(st.get("paused_subscribers", 0) for st in stats1),
+        "gen_cpu_pct": round(100 * gen_cpu / wall, 1),
+        "gen_sub_cpu_s": round(sres["cpu_s"], 2),
+        "gen_pub_cpu_s": round(pres["cpu_s"], 2),
+        "pub_late_max_s": pres["late_max_s"],
+        "subs_closed": sres["closed"],
+        "connect_s": ready["connect_s"],
+        "wall_s": round(wall, 2),
+    }
+
+
+def run_steady(args: argparse.Namespace, n: int, changes: bool, index: int) -> dict[str, Any]:
+    """N peers heartbeating every 5 s (1 message in 100 a change), S subscribers."""
+    rate = n / 5
+    subs = args.steady_subs
+    seconds = args.steady_seconds
+    py = sys.executable
+    gen = ["taskset", "-c", args.gen_core, py, str(LOADGEN)]
+    servers: list[Server] = []
+    sub: Proc | None = None
+    pub: Proc | None = None
+    try:
+        servers = start_servers(args, 1, "")
+        server = servers[0]
+        pub_cmd = [
+            *gen,
+            "publish", "--port", str(server.port), "--rate", str(rate), "--seconds", str(seconds),
+            "--peers", str(n), "--peer-prefix", f"steady-{index}-", "--conns", str(args.conns),
+            "--depth", str(args.depth), "--steady", "--register", "--change-every", "100",
+        ]  # fmt: skip
+        pub = Proc(pub_cmd, "publisher", stdin=True)
+        registered = pub.read_json(120)
+        sub_cmd = [
+            *gen,
+            "subscribe", "--port", str(server.port), "--k", str(subs), "--steady",
+            "--expect-peers", str(n),
+            "--drain-max", str(args.drain_max), "--drain-idle", str(args.drain_idle),
+            *(["--changes"] if changes else []),
+        ]  # fmt: skip
+        sub = Proc(sub_cmd, "subscribers", stdin=True)
+        ready = sub.read_json(90)
+        if ready.get("ready") != subs:
+            raise RuntimeError(f"only {ready.get('ready')}/{subs} subscribers connected: {ready}")
+        server.check_alive()
+        server.stats()  # starts a new stall window
+        cpu0 = proc_cpu_s(server.pid)
+        t0 = time.monotonic()
+        sub.send("go")
+        sub.read_json(10)
+        pub.send("start")
+        pres = pub.read_json(seconds + 60)
+        cpu1 = proc_cpu_s(server.pid)
+        pub_wall = time.monotonic() - t0
+        stats1 = server.stats()
+        sub.send("drain " + json.dumps(pres.pop("latest")))
+        sres = sub.read_json(args.drain_max + 60)
+        wall = time.monotonic() - t0
+        server.check_alive()
+        rss = proc_rss_kb(server.pid)
+        sub.send("quit")
+    finally:
+        stop_procs([pub, sub], servers)
+
+    window = sres["go_to_drain_s"] or pub_wall
+    nbytes = sres["bytes_at_drain"]
+    gen_cpu = sres["cpu_s"] + pres["cpu_s"]
+    return {
+        "mode": "steady",
+        "peers": n,
+        "stream": "changes" if changes else "classic",
+        "subscribers": subs,
+        "seconds": seconds,
+        "target_per_s": rate,
+        "accepted": pres["accepted"],
+        "errors": pres["errors"],
+        "publishes_per_s": round(pres["accepted"] / pres["send_s"], 1),
+        "server_cpu_pct": round(100 * (cpu1 - cpu0) / pub_wall, 1),
+        "bytes_per_s": round(nbytes / window),
+        "bytes_per_s_per_sub": round(nbytes / window / subs),
+        "events_per_s_per_sub": round(sres["events"] / window / subs, 1),
+        "change_lat_p50_ms": round(sres["lat_p50_ms"], 2),
+        "change_lat_p99_ms": round(sres["lat_p99_ms"], 2),
+        "change_lat_max_ms": round(sres["lat_max_ms"], 2),
+        "changes_timed": sres["lat_samples"],
+        "latest_state_ratio": round(sres["latest_ratio"], 6),
+        "stall_ms": stats1["window_max_stall_ms"],
+        "rss_kb": rss,
+        "gen_cpu_pct": round(100 * gen_cpu / wall, 1),
+        "register_s": registered.get("register_s"),
+        "subs_closed": sres["closed"],
+        "wall_s": round(wall, 2),
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import twisted
+
+        tw = twisted.__version__
+    except ImportError:
+        tw = "?"
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "twisted": tw,
+    }
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| K | target msg/s | publishes/s accepted | % of target | delivered events/s "
+        "| latest state delivered | latency p50 / p99 / max ms | server CPU ms per 1k events "
+        "| server CPU % | RSS per idle sub KB | longest stall ms | generator CPU % (core 1) |\n"
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|\n"
+    )
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['k']} | {r['rate']} | failed: {r['error']} ||||||||||")
+            continue
+        target = "max" if r["rate"] == "max" else _fmt(float(r["rate"]), 0)
+        kk = f"{r['k']:,}" + (f" ({r['instances']} instances)" if r.get("instances", 1) > 1 else "")
+        pct = "-" if r["accepted_of_target"] is None else f"{100 * r['accepted_of_target']:.1f}%"
+        lat = f"{_fmt(r['lat_p50_ms'])} / {_fmt(r['lat_p99_ms'])} / {_fmt(r['lat_max_ms'])}"
+        out.append(
+            f"| {kk} | {target} | {_fmt(r['publishes_per_s'])} | {pct} "
+            f"| {_fmt(r['delivered_per_s'], 0)} | {100 * r['latest_state_ratio']:.2f}% | {lat} "
+            f"| {_fmt(r['server_cpu_ms_per_1k'], 2)} | {_fmt(r['server_cpu_pct'])} "
+            f"| {_fmt(r['rss_per_sub_kb'])} | {_fmt(r['stall_ms'])} | {_fmt(r['gen_cpu_pct'])} |"
+        )
+    return head + "\n".join(out) + "\n"
+
+
+def steady_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| peers | streams | subscribers | heartbeats/s accepted | server CPU % of one core "
+        "| bytes/s to all subscribers | bytes/s per subscriber | events/s per subscriber "
+        "| change latency p50 / p99 ms | latest state delivered | longest stall ms "
+        "| server RSS MB | generator CPU % |\n"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n"
+    )
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['peers']} | {r['stream']} | failed: {r['error']} ||||||||||")
+            continue
+        out.append(
+            f"| {r['peers']:,} | {r['stream']} | {r['subscribers']} "
+            f"| {_fmt(r['publishes_per_s'])} | {_fmt(r['server_cpu_pct'])} "
+            f"| {_fmt(r['bytes_per_s'])} | {_fmt(r['bytes_per_s_per_sub'])} "
+            f"| {_fmt(r['events_per_s_per_sub'])} "
+            f"| {_fmt(r['change_lat_p50_ms'])} / {_fmt(r['change_lat_p99_ms'])} "
+            f"| {100 * r['latest_state_ratio']:.2f}% | {_fmt(r['stall_ms'])} "
+            f"| {r['rss_kb'] / 1024:.0f} | {_fmt(r['gen_cpu_pct'])} |"
+        )
+    return head + "\n".join(out) + "\n"
+
+
+def targets(rows: list[dict[str, Any]]) -> str:
+    steady = [r for r in rows if r.get("mode") == "steady"]
+    rows = [r for r in rows if r.get("mode") != "steady" and r.get("instances", 1) == 1]
+
+    def cell(k: int, rate: str) -> dict[str, Any] | None:
+        for r in rows:
+            if r["k"] == k and "error" not in r and str(r["rate"]) in (rate, f"{rate}.0"):
+                return r
+        return None
+
+    lines = []
+    m = cell(1000, "max")
+    if m:
+        ok = m["server_cpu_ms_per_1k"] is not None and m["server_cpu_ms_per_1k"] <= 5
+        full = m["latest_state_ratio"] >= 1.0
+        lines.append(
+            f"- K=1000 max rate: {_fmt(m['server_cpu_ms_per_1k'], 2)} ms CPU per 1,000 events "
+            f"(target ≤ 5: {'met' if ok else 'NOT met'}), latest state delivered "
+            f"{100 * m['latest_state_ratio']:.2f}% (target 100%: {'met' if full else 'NOT met'})"
+        )
+    t = cell(1000, "200")
+    if t:
+        acc = t["accepted_of_target"] or 0
+        lines.append(
+            f"- K=1000, 200 msg/s: {100 * acc:.1f}% of the target publishes accepted "
+            f"(target ≥ 99%: {'met' if acc >= 0.99 else 'NOT met'}), "
+            f"p99 {_fmt(t['lat_p99_ms'])} ms "
+            f"(target ≤ 15: {'met' if t['lat_p99_ms'] <= 15 else 'NOT met'})"
+        )
+    big = [r for r in rows if "error" not in r and r["k"] >= 1000]
+    if big:
+        rss = max(big, key=lambda r: r["k"])
+        lines.append(
+            f"- RSS per idle subscriber (K={rss['k']}): {_fmt(rss['rss_per_sub_kb'])} KB "
+            f"(target ≤ 20: {'met' if rss['rss_per_sub_kb'] <= 20 else 'NOT met'})"
+        )
+    ok_rows = [r for r in rows if "error" not in r]
+    if ok_rows:
+        heavy = max(ok_rows, key=lambda r: r["server_cpu_pct"] * r["k"])
+        worst = max(ok_rows, key=lambda r: r["stall_ms"])
+        lines.append(
+            f"- Longest reactor stall: {_fmt(worst['stall_ms'])} ms (K={worst['k']}, "
+            f"{worst['rate']}); in the heaviest cell (K={heavy['k']}, {heavy['rate']}) "
+            f"{_fmt(heavy['stall_ms'])} ms (target ≤ 50: "
+            f"{'met' if heavy['stall_ms'] <= 50 else 'NOT met'})"
+        )
+    for r in steady:
+        if "error" not in r and r["peers"] == 10000 and r["stream"] == "changes":
+            ok = r["server_cpu_pct"] < 20
+            lines.append(
+                f"- 10,000 steady peers, {r['subscribers']} changes-only subscribers: server "
+                f"{_fmt(r['server_cpu_pct'])}% of one core (target < 20%: "
+                f"{'met' if ok else 'NOT met'})"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(path: Path, text: str) -> None:
+    block = f"{START}\n{text}{END}\n"
+    old = path.read_text() if path.exists() else "# Benchmarks\n\n## Results\n\n"
+    if START in old and END in old:
+        rest = old.split(END, 1)[1].lstrip("\n")
+        new = old.split(START, 1)[0] + block + ("\n" + rest if rest else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    path.write_text(new)
+
+
+# ---------------------------------------------------------------- main
+
+
+def serve(args: argparse.Namespace) -> None:
+    server = Server(args)
+    try:
+        server.start()
+        print(json.dumps({"url": server.url, "pid": server.pid}), flush=True)
+        deadline = time.monotonic() + args.serve_seconds
+        while time.monotonic() < deadline:
+            server.check_alive()
+            time.sleep(0.5)
+    finally:
+        server.stop()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("mode", nargs="?", choices=("bench", "serve"), default="bench")
+    p.add_argument("--cells", default=DEFAULT_CELLS, help="K:RATE,... (RATE: msg/s, k/5, max)")
+    p.add_argument("--seconds", type=float, default=10.0, help="publishing time per cell")
+    p.add_argument("--peers-max", type=int, default=100, help="distinct peers: min(K, this)")
+    p.add_argument("--parser", choices=("fast", "sseparse"), default="fast")
+    p.add_argument("--conns", type=int, default=4, help="publishing connections")
+    p.add_argument(
+        "--depth", type=int, default=16, help="rate cells: most pipelined requests per connection"
+    )
+    p.add_argument(
+        "--max-depth", type=int, default=1, help="max cells: requests in flight per connection"
+    )
+    p.add_argument(
+        "--steady", default="1000,10000", help="steady-state peer counts ('' = none)"
+    )
+    p.add_argument("--steady-seconds", type=float, default=15.0)
+    p.add_argument("--steady-subs", type=int, default=100)
+    p.add_argument("--drain-max", type=float, default=10.0)
+    p.add_argument("--drain-idle", type=float, default=2.0)
+    p.add_argument("--server-core", default="0")
+    p.add_argument("--gen-core", default="1")
+    p.add_argument("--docs", default=str(DOCS), help="file to write the table into ('' = none)")
+    p.add_argument("--json-out", default="", help="also append the JSON lines to this file")
+    p.add_argument("--serve-seconds", type=float, default=600.0)
+    args = p.parse_args(argv)
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+    # A SIGTERM to us cleans up like Ctrl-C does (the children run in their
+    # own sessions, so only we see either, and the `finally`s stop them).
+    signal.signal(signal.SIGTERM, _interrupt)
+    atexit.register(stop_all)
+
+    if args.mode == "serve":
+        serve(args)
+        return 0
+
+    cells = parse_cells(args.cells)
+    steady = [int(n) for n in args.steady.split(",") if n.strip()]
+    need = max([k for k, _, _ in cells] + [args.steady_subs]) + 200
+    if hard < need:
+        log(f"warning: RLIMIT_NOFILE hard limit {hard} < {need}; large cells may fail")
+    info = machine()
+    jobs: list[tuple[str, Any]] = [("cell", c) for c in cells]
+    jobs += [("steady", (n, changes)) for n in steady for changes in (True, False)]
+    log(
+        f"{len(cells)} cells ({args.seconds:g} s each), {2 * len(steady)} steady-state runs "
+        f"({args.steady_seconds:g} s each); {info['nproc']} CPUs, {info['cpu']}"
+    )
+    rows: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for i, (kind, spec) in enumerate(jobs):
+        try:
+            if kind == "cell":
+                k, rate, inst = spec
+                log(f"cell {i + 1}/{len(jobs)}: K={k} rate={rate} instances={inst}")
+                fail: dict[str, Any] = {"k": k, "rate": rate, "instances": inst}
+                row = run_cell(args, k, rate, i, inst)
+            else:
+                n, changes = spec
+                stream = "changes" if changes else "classic"
+                log(f"steady {i + 1}/{len(jobs)}: {n} peers, {stream} streams")
+                fail = {"mode": "steady", "peers": n, "stream": stream}
+                row = run_steady(args, n, changes, i)
+        except KeyboardInterrupt:
+            log("interrupted; server and generator stopped")
+            break
+        except Exception as e:  # one broken cell must not lose the others
+            row = {**fail, "error": str(e).splitlines()[0][:200]}
+            log(f"{kind} failed: {e}")
+        rows.append(row)
+        line = json.dumps(row, separators=(",", ":"))
+        print(line, flush=True)
+        if args.json_out:
+            with open(args.json_out, "a") as f:
+                f.write(line + "\n")
+    elapsed = time.monotonic() - started
+
+    grid = [r for r in rows if r.get("mode") != "steady"]
+    steady_rows = [r for r in rows if r.get("mode") == "steady"]
+    md = table(grid) if grid else ""
+    if steady_rows:
+        md += (
+            f"\nSteady state: each peer heartbeats every 5 s (1 message in 100 changes its "
+            f"content), {args.steady_seconds:g} s per run.\n\n" + steady_table(steady_rows)
+        )
+    print()
+    print(md)
+    print(targets(rows))
+    if args.docs and rows:
+        cmdline = " ".join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])])
+        text = (
+            f"Run {info['date']} on {info['nproc']} CPUs ({info['cpu']}), Linux "
+            f"{info['kernel']}, Python {info['python']}, Twisted {info['twisted']}; "
+            f"`{cmdline.strip()}` ({args.seconds:g} s per cell, {elapsed:.0f} s in all).\n\n"
+            + md
+            + "\nAgainst the targets:\n\n"
+            + targets(rows)
+        )
+        write_docs(Path(args.docs), text)
+        log(f"results written to {args.docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
