@@ -7,6 +7,8 @@ since the last `take`) is what the benchmark and /stats.json report.
 
 from __future__ import annotations
 
+import gc
+import time
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -23,14 +25,32 @@ class StallProbe:
         self._last = 0.0
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
+        # The longest garbage collection (seconds) since the last take(), and
+        # of which generation: the usual cause of a stall nobody scheduled.
+        self.gc_window_max = 0.0
+        self.gc_window_gen = -1
+        self._gc_started = 0.0
 
     def start(self) -> None:
         self._last = self.reactor.seconds()
         self._loop.start(self.interval, now=False)
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
 
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._gc_started
+        if took > self.gc_window_max:
+            self.gc_window_max = took
+            self.gc_window_gen = int(info.get("generation", -1))
 
     def _tick(self) -> None:
         now = self.reactor.seconds()
@@ -49,6 +69,11 @@ class StallProbe:
             "window_max_stall_ms": round(self.window_max * 1000, 3),
             "probe_interval_ms": self.interval * 1000,
             "ticks": self.ticks,
+            "window_max_gc_ms": round(self.gc_window_max * 1000, 3),
+            "window_max_gc_generation": self.gc_window_gen,
         }
         self.window_max = 0.0
+        self.gc_window_max = 0.0
+        self.gc_window_gen = -1
         return out
+

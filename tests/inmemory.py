@@ -108,7 +108,9 @@ class Conn:
         self.transport.producer.pauseProducing()
 
     def resume(self) -> None:
+        """The socket drains; the hub writes the coalesced backlog in its next turn."""
         self.transport.producer.resumeProducing()
+        self.server.clock.advance(0)
 
     def close(self) -> None:
         from twisted.internet.error import ConnectionDone
