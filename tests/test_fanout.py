@@ -173,6 +173,9 @@ class RealSocketSlowReaderTests(TestCase):
         yield reader.wait_for(lambda: reader.comments_seen > 0)
         reader.transport.pauseProducing()  # stop reading from the socket
         sub = next(iter(service.hub.subscribers))
+        # Plain TCP takes the direct send path: if Twisted's transport changes
+        # shape, this says so instead of silently falling back to the slow path.
+        self.assertIsNotNone(sub._direct)
         expected: dict[str, str] = {}
         filler = "x" * 3000
         for i in range(10_000):

@@ -102,6 +102,86 @@ def test_service_type_from_tag() -> None:
     assert service_type("goop-mdns") == "_goop-mdns._udp.local."
 
 
+# --- the bridge's dial rules, on a Clock (no zeroconf, no network) ------------
+
+
+class _RecordingDialer:
+    """Stands in for libp2p: records dials; ``fail`` makes the next ones fail."""
+
+    def __init__(self) -> None:
+        self.peer_id = PEER
+        self.dialled: list[str] = []
+        self.fail = 0
+
+    def when_ready(self) -> Any:
+        from twisted.internet import defer
+
+        return defer.Deferred()  # never ready: start does not touch zeroconf
+
+    def connect(self, multiaddr: str) -> Any:
+        from twisted.internet import defer
+
+        self.dialled.append(multiaddr)
+        if self.fail:
+            self.fail -= 1
+            return defer.fail(ConnectionRefusedError("refused"))
+        return defer.succeed(None)
+
+
+def _bridge() -> tuple[Any, Any, _RecordingDialer]:
+    from twisted.internet.task import Clock
+
+    from goop.p2p.mdns import MdnsBridge
+
+    clock = Clock()
+    dialer = _RecordingDialer()
+    bridge = MdnsBridge(clock, dialer, "goop-mdns")
+    bridge.startService()
+    return bridge, clock, dialer
+
+
+A1 = f"/ip4/10.0.0.2/tcp/4001/p2p/{OTHER}"
+A2 = f"/ip4/10.0.0.3/tcp/4001/p2p/{OTHER}"
+NAME = f"{OTHER}._goop-mdns._udp.local."
+
+
+def test_a_repeated_announcement_is_dialled_again_only_after_a_while() -> None:
+    from goop.p2p.mdns import REDIAL_AFTER
+
+    bridge, clock, dialer = _bridge()
+    bridge._found(NAME, advertisement(OTHER, [A1]))
+    bridge._found(NAME, advertisement(OTHER, [A1]))
+    assert dialer.dialled == [A1]
+    clock.advance(REDIAL_AFTER)
+    bridge._found(NAME, advertisement(OTHER, [A1]))
+    assert dialer.dialled == [A1, A1]
+
+
+def test_new_addresses_or_a_return_after_leaving_are_dialled_at_once() -> None:
+    bridge, clock, dialer = _bridge()
+    bridge._found(NAME, advertisement(OTHER, [A1]))
+    bridge._found(NAME, advertisement(OTHER, [A2]))
+    bridge._gone(NAME)
+    bridge._found(NAME, advertisement(OTHER, [A2]))
+    assert dialer.dialled == [A1, A2, A2]
+
+
+def test_a_failed_dial_tries_the_next_address_then_forgets_the_peer() -> None:
+    bridge, clock, dialer = _bridge()
+    dialer.fail = 2
+    bridge._found(NAME, advertisement(OTHER, [A1, A2]))
+    assert dialer.dialled == [A1, A2]
+    # Both failed: the next announcement is dialled at once, not after a while.
+    bridge._found(NAME, advertisement(OTHER, [A1, A2]))
+    assert dialer.dialled == [A1, A2, A1]
+
+
+def test_our_own_announcement_is_never_dialled() -> None:
+    bridge, clock, dialer = _bridge()
+    bridge._found(f"{PEER}._goop-mdns._udp.local.", advertisement(PEER, [A1.replace(OTHER, PEER)]))
+    assert dialer.dialled == []
+
+
 # --- the bridge in two namespaces ---------------------------------------------
 
 
