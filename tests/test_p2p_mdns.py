@@ -158,7 +158,7 @@ def test_a_repeated_announcement_is_dialled_again_only_after_a_while() -> None:
 
 
 def test_new_addresses_or_a_return_after_leaving_are_dialled_at_once() -> None:
-    bridge, clock, dialer = _bridge()
+    bridge, _, dialer = _bridge()
     bridge._found(NAME, advertisement(OTHER, [A1]))
     bridge._found(NAME, advertisement(OTHER, [A2]))
     bridge._gone(NAME)
@@ -167,7 +167,7 @@ def test_new_addresses_or_a_return_after_leaving_are_dialled_at_once() -> None:
 
 
 def test_a_failed_dial_tries_the_next_address_then_forgets_the_peer() -> None:
-    bridge, clock, dialer = _bridge()
+    bridge, _, dialer = _bridge()
     dialer.fail = 2
     bridge._found(NAME, advertisement(OTHER, [A1, A2]))
     assert dialer.dialled == [A1, A2]
@@ -177,8 +177,9 @@ def test_a_failed_dial_tries_the_next_address_then_forgets_the_peer() -> None:
 
 
 def test_our_own_announcement_is_never_dialled() -> None:
-    bridge, clock, dialer = _bridge()
-    bridge._found(f"{PEER}._goop-mdns._udp.local.", advertisement(PEER, [A1.replace(OTHER, PEER)]))
+    bridge, _, dialer = _bridge()
+    mine = A1.replace(OTHER, PEER)
+    bridge._found(f"{PEER}._goop-mdns._udp.local.", advertisement(PEER, [mine]))
     assert dialer.dialled == []
 
 
