@@ -10,6 +10,12 @@ keeps only the newest pending event per peer, so its memory is bounded by the
 number of peers whatever the publish rate, and when it resumes it receives
 every peer's latest state in event-id order. A subscriber paused longer than
 ``max_pause`` seconds is cut off.
+
+Fairness to the rest of the server: one reactor turn spends at most
+`TURN_BUDGET` on fan-out (and on writing resumed subscribers' backlogs),
+then lets the reactor read publishes again; a batch that piled up past
+`MAX_BATCH_EVENTS` while the server was behind goes out as each peer's
+latest state, so the work per turn stays bounded by the number of peers.
 """
 
 from __future__ import annotations
@@ -28,6 +34,22 @@ from goop.rendezvous.eventlog import Event
 from goop.sse import OK_COMMENT, PING_COMMENT
 
 DEFAULT_MAX_PAUSE: Final = 120.0
+# A batch longer than this is sent as each peer's latest state (see `_Job`).
+# A batch is what arrived during one turn of fan-out: a few to a few dozen events
+# at the benchmark's heaviest rates; hundreds only when the server is behind.
+MAX_BATCH_EVENTS: Final = 256
+# How long one reactor turn of fan-out may run (the reactor stall it causes).
+# Deliveries cost ~5 us each on loopback (one send), so this is ~2,000 streams.
+TURN_BUDGET: Final = 0.010
+# Deliveries between two looks at the clock.
+CHECK_EVERY: Final = 16
+# After a turn of fan-out that took c seconds, the next starts no sooner than
+# c * PACE later, so events arriving meanwhile share one write per subscriber.
+# Off by default: at K=1000 streams and 200 msg/s (Go loadgen, 2-core machine)
+# PACE 1 halved the server's CPU (99% -> 52%) but doubled p99 latency
+# (16-20 -> 29-30 ms); 0.25 gave 80% and 19 ms. Latency wins for presence:
+# the turn budget already keeps the reactor answering between turns.
+PACE: Final = 0.0
 
 
 def _chunk(data: bytes) -> bytes:
@@ -281,22 +303,6 @@ def _by_id(event: Event) -> int:
     return event.id
 
 
-# A batch longer than this is sent as each peer's latest state (see `_Job`).
-# A batch is what arrived during one paced turn: a few to a few dozen events
-# at the benchmark's heaviest rates; hundreds only when the server is behind.
-MAX_BATCH_EVENTS: Final = 256
-# How long one reactor turn of fan-out may run (the reactor stall it causes).
-# Deliveries cost ~5 us each on loopback (one send), so this is ~2,000 streams.
-TURN_BUDGET: Final = 0.010
-# Deliveries between two looks at the clock.
-CHECK_EVERY: Final = 16
-# After a turn of fan-out that took c seconds, the next starts no sooner than
-# c * PACE later, so events arriving meanwhile share one write per subscriber.
-# Off by default: at K=1000 streams and 200 msg/s (Go loadgen, 2-core machine)
-# PACE 1 halved the server's CPU (99% -> 52%) but doubled p99 latency
-# (16-20 -> 29-30 ms); 0.25 gave 80% and 19 ms. Latency wins for presence:
-# the turn budget already keeps the reactor answering between turns.
-PACE: Final = 0.0
 
 
 class Hub:
