@@ -682,6 +682,18 @@ class Publishers:
         finally:
             a.depth = saved_depth
 
+    def _pump(self, timeout: float) -> None:
+        """Send what is queued, then handle what the sockets say within ``timeout``."""
+        for conn in self.conns:
+            if conn.out:
+                self._flush(conn)
+        for key, mask in self.sel.select(timeout):
+            conn = key.data
+            if mask & selectors.EVENT_WRITE:
+                self._flush(conn)
+            if mask & selectors.EVENT_READ:
+                self._read(conn)
+
     def _run(self, rate: float, seconds: float, max_msgs: int) -> dict[str, Any]:
         a = self.args
         cpu0 = cpu_seconds()
@@ -706,28 +718,12 @@ class Publishers:
                 while seq < max_msgs and self._queue(seq):
                     seq += 1
                 timeout = 0.05
-            for conn in self.conns:
-                if conn.out:
-                    self._flush(conn)
-            for key, mask in self.sel.select(timeout):
-                conn = key.data
-                if mask & selectors.EVENT_WRITE:
-                    self._flush(conn)
-                if mask & selectors.EVENT_READ:
-                    self._read(conn)
+            self._pump(timeout)
         send_end = time.monotonic()
         # Collect the answers still due, bounded in time.
         wait_until = send_end + a.answer_timeout
         while any(c.inflight for c in self.conns) and time.monotonic() < wait_until:
-            for conn in self.conns:
-                if conn.out:
-                    self._flush(conn)
-            for key, mask in self.sel.select(0.05):
-                conn = key.data
-                if mask & selectors.EVENT_WRITE:
-                    self._flush(conn)
-                if mask & selectors.EVENT_READ:
-                    self._read(conn)
+            self._pump(0.05)
         end = time.monotonic()
         unanswered = sum(len(c.inflight) for c in self.conns)
         return {

@@ -104,29 +104,12 @@ class Proc:
         self.p.stdin.write(line + "\n")
         self.p.stdin.flush()
 
-    def read_json(self, timeout: float) -> dict[str, Any]:
-        """The next stdout line that is a JSON object; raises on timeout or exit."""
-        deadline = time.monotonic() + timeout
+    def _next_line(self, deadline: float, waiting_for: str) -> str:
+        """The next stdout line before ``deadline``; raises on timeout or exit."""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RuntimeError(f"{self.name}: no answer within {timeout:.0f}s")
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise RuntimeError(f"{self.name}: exited (code {self.p.wait()})")
-            if line.startswith("{"):
-                obj: dict[str, Any] = json.loads(line)
-                return obj
-
-    def wait_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"{self.name}: no {pattern.pattern!r} within {timeout:.0f}s")
+                raise RuntimeError(f"{self.name}: no {waiting_for} in time")
             try:
                 line = self.lines.get(timeout=left)
             except queue.Empty:
@@ -134,6 +117,21 @@ class Proc:
             if line is None:
                 tail = "\n".join(self.recent)
                 raise RuntimeError(f"{self.name}: exited (code {self.p.wait()}):\n{tail}")
+            return line
+
+    def read_json(self, timeout: float) -> dict[str, Any]:
+        """The next stdout line that is a JSON object; raises on timeout or exit."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._next_line(deadline, f"answer within {timeout:.0f}s")
+            if line.startswith("{"):
+                obj: dict[str, Any] = json.loads(line)
+                return obj
+
+    def wait_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._next_line(deadline, f"{pattern.pattern!r} within {timeout:.0f}s")
             m = pattern.search(line)
             if m:
                 return m

@@ -7,9 +7,10 @@ stderr and exit status 1 (`SystemExit`), never a traceback.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
@@ -187,12 +188,39 @@ def _add_peer_services(root: MultiService, config: Config, reactor: Any, rendezv
         part.setServiceParent(root)
 
 
+# Allocations between two collections of the youngest generation (Python: 700).
+GC_YOUNG_THRESHOLD: Final = 20_000
+
+
+def tune_gc() -> None:
+    """Garbage collection for a process holding thousands of open streams.
+
+    Process-wide policy, so it is set here where the process is assembled
+    (twistd plugin, goop.tac), not by a service that tests start in-process.
+
+    A full collection scans every tracked object, and with 5,000 streams open
+    that took 317 ms (bench, K=5000): the longest reactor stall by far.
+    Freezing what exists at start (modules, classes, config: never garbage)
+    takes it out of every later scan, and a larger youngest generation lets
+    short-lived objects (a request, its headers) die young instead of piling
+    up in the old generation, which is what triggers full collections.
+    """
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
+
+
 def makeService(options: Mapping[str, Any]) -> IService:
-    return build_service(config_from_options(options))
+    service = build_service(config_from_options(options))
+    tune_gc()
+    return service
 
 
 def tac_service(environ: Mapping[str, str] | None = None) -> MultiService:
     """The tree for goop.tac: config from $GOOP_CONFIG (default ./goop.json)."""
     env = os.environ if environ is None else environ
     path = env.get("GOOP_CONFIG") or None
-    return build_service(config_from_options({"config": path}, environ=env))
+    service = build_service(config_from_options({"config": path}, environ=env))
+    tune_gc()
+    return service

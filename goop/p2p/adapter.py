@@ -155,7 +155,6 @@ class Libp2pAdapter(Service):
         self._stop_main: Callable[[], Deferred[None]] | None = None
         self.port = 0
         self.addrs: list[str] = []
-        self._ready: Deferred[list[str]] | None = None
         self._waiting: list[Deferred[list[str]]] = []
         self._host: Any = None
         self._pubsub: Any = None

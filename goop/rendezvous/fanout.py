@@ -259,7 +259,7 @@ class _Job:
     ) -> None:
         """Deliver to the next subscribers until done or ``budget`` seconds are used."""
         subs, i, n = self.subs, self.pos, len(self.subs)
-        data, chunk = self.data, self.chunk
+        data, chunk, latest = self.data, self.chunk, self.latest
         started = clock.seconds()
         while i < n:
             sub = subs[i]
@@ -271,7 +271,7 @@ class _Job:
                         self._changes_chunk = _chunk(self._changes)
                     sub.deliver(self._changes, self._changes_chunk, self.latest_changed)
                 else:
-                    sub.deliver(data, chunk, self.latest)
+                    sub.deliver(data, chunk, latest)
             if not i % check_every and clock.seconds() - started >= budget:
                 break
         self.pos = i

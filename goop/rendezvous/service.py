@@ -7,7 +7,6 @@ startup with one clear line instead of running on with nothing listening.
 
 from __future__ import annotations
 
-import gc
 import signal
 import threading
 import time
@@ -34,8 +33,6 @@ from goop.rendezvous.web import RendezvousApp
 from goop.stallprobe import StallProbe
 
 PING_INTERVAL: Final = 25.0
-# Allocations between two collections of the youngest generation (Python: 700).
-GC_YOUNG_THRESHOLD: Final = 20_000
 
 
 def _url_host(host: str) -> str:
@@ -58,22 +55,6 @@ class _RedirectToHTTPS(resource.Resource):
         request.setHeader(b"location", target.encode("latin-1", "replace"))
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return f"use {target}\n".encode()
-
-
-def tune_gc() -> None:
-    """Garbage collection for a server holding thousands of open streams.
-
-    A full collection scans every tracked object, and with 5,000 streams open
-    that took 317 ms (bench, K=5000): the longest reactor stall by far.
-    Freezing what exists at start (modules, classes, config: never garbage)
-    takes it out of every later scan, and a larger youngest generation lets
-    short-lived objects (a request, its headers) die young instead of piling
-    up in the old generation, which is what triggers full collections.
-    """
-    gc.collect()
-    gc.freeze()
-    young, middle, old = gc.get_threshold()
-    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
 
 
 class RendezvousService(Service):
@@ -178,7 +159,6 @@ class RendezvousService(Service):
                 count=self.board.restored,
             )
         self._pruner.start(PRUNE_INTERVAL, now=False)
-        tune_gc()
         self.stall_probe.start()
         self._pinger.start(PING_INTERVAL, now=False)
         self.log.info("rendezvous listening on {url}", url=self.url)

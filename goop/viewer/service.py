@@ -122,7 +122,7 @@ class ViewerService(Service):
             ) from None
 
     def _stats(self) -> dict[str, Any]:
-        return {"peers": len(self.app.table.rows()), **self.stall_probe.take()}
+        return {"peers": len(self.app.table), **self.stall_probe.take()}
 
     def startService(self) -> None:
         self._listen()
