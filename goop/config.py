@@ -82,6 +82,8 @@ class PresenceConfig:
     publish_rate_limit: int = 1200
     max_subscribers: int = 10000
     max_subscribers_per_ip: int = 64
+    max_websockets: int = 20000
+    max_websockets_per_ip: int = 256
     rendezvous_tls_dir: str = ""
     rendezvous_redirect_port: int = 0
     rendezvous_ca_file: str = ""
@@ -253,6 +255,18 @@ CLI_OPTIONS: Final[tuple[CliOption, ...]] = (
         "presence.max_subscribers_per_ip",
         False,
         "Most SSE subscribers per client address (0 = unlimited).",
+    ),
+    CliOption(
+        "max-websockets",
+        "presence.max_websockets",
+        False,
+        "Most /ws sockets in total (0 = unlimited).",
+    ),
+    CliOption(
+        "max-websockets-per-ip",
+        "presence.max_websockets_per_ip",
+        False,
+        "Most /ws sockets per client address (0 = unlimited).",
     ),
     CliOption(
         "rendezvous-tls-dir",
@@ -585,6 +599,8 @@ def _validate(values: dict[str, object], origin: Mapping[str, _Origin]) -> None:
         "presence.publish_rate_limit",
         "presence.max_subscribers",
         "presence.max_subscribers_per_ip",
+        "presence.max_websockets",
+        "presence.max_websockets_per_ip",
     ):
         _check_range(label(name), number(name), 0, MAX_LIMIT, " (0 = unlimited)")
 

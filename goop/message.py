@@ -1,54 +1,115 @@
-"""The presence message: parsing, validation and the canonical wire encoding.
+"""The presence message: one typed definition driving parsing, validation and encoding.
 
 One job: turn untrusted bytes into a `PresenceMessage` or a `MessageError`
 whose text names the problem, and turn a `PresenceMessage` back into the
 compact JSON goop2 expects. No I/O, no reactor.
 
-Wire format (compatible with goop2):
+The fields are those of goop2's current PresenceMsg (GOOP2-PROTOCOL.md §1),
+declared once in `FIELDS`: wire name, Python attribute, JSON type, limit, and
+who may set it. docs/rendezvous.md's field table is this table.
 
-    {"type": "online|update|offline", "peerId": "12D3KooW...",
-     "content": "...", "email": "...", "avatarHash": "...", "ts": 1738764000000}
+    {"type":"online","peerId":"12D3KooW…","content":"E","addrs":["/ip4/10.0.0.5/tcp/4001"],
+     "publicKey":"bmFj…","encryptionSupported":true,"goopClientVersion":"dev",
+     "ts":1796203421127,"verified":true}
 
-Input field names match case-insensitively (the brief writes ``peerID``,
-goop2 sends ``peerId``); output always uses ``peerId`` and ``avatarHash``.
+Input: names match case-insensitively (the brief writes ``peerID``); keys
+no version defines are ignored and never relayed; ``null`` is the empty
+value; a wrong type of a known field, bad UTF-8, NaN, a duplicate key or a
+body that is not one JSON object is an error. Who sent the message decides
+what it may carry (`Origin`): a client never sets ``verified`` or ``target``
+nor sends ``punch``; a relayed event never carries ``verificationToken``.
+
+Output: goop2's key order; ``content``, ``email`` and ``avatarHash`` always
+present (older goop and goop2 readers take either), the other optional
+fields only when set (goop2's omitempty); never ``verificationToken``.
 """
 
 from __future__ import annotations
 
+import enum
 import json
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, replace
 from typing import Any, Final
 
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_PEER_ID_BYTES: Final = 256
 MAX_CONTENT_BYTES: Final = 4096
 MAX_EMAIL_BYTES: Final = 320
-# Not fixed by the spec; an avatar hash is a short digest. Generous on purpose.
+# Not fixed by goop2 (unbounded there); generous for what each one holds.
 MAX_AVATAR_HASH_BYTES: Final = 512
+MAX_TEMPLATE_BYTES: Final = 256
+MAX_TOKEN_BYTES: Final = 1024
+MAX_PUBLIC_KEY_BYTES: Final = 1024  # a base64 NaCl key is 44 bytes
+MAX_VERSION_BYTES: Final = 128
+# goop2's own limits: at most 20 addresses of at most 256 bytes.
+MAX_ADDRS: Final = 20
+MAX_ADDR_BYTES: Final = 256
 # Go's int64, which goop2 uses for ts.
 MAX_TS: Final = 2**63 - 1
 
-TYPES: Final = frozenset({"online", "update", "offline"})
+PRESENCE_TYPES: Final = frozenset({"online", "update", "offline"})
+PUNCH: Final = "punch"
+# Kept for callers that only know presence types.
+TYPES: Final = PRESENCE_TYPES
 
-# lower-cased input name -> canonical output name
-_FIELDS: Final = {
-    "type": "type",
-    "peerid": "peerId",
-    "content": "content",
-    "email": "email",
-    "avatarhash": "avatarHash",
-    "ts": "ts",
-}
-_STRING_LIMITS: Final = {
-    "peerId": MAX_PEER_ID_BYTES,
-    "content": MAX_CONTENT_BYTES,
-    "email": MAX_EMAIL_BYTES,
-    "avatarHash": MAX_AVATAR_HASH_BYTES,
-}
+
+class Origin(enum.Enum):
+    """Who a message comes from, which decides what it may carry."""
+
+    CLIENT = "client"  # a peer publishing (POST /publish, /ws, the LAN topic)
+    RELAY = "relay"  # a rendezvous's event stream (SSE or /ws) as a peer reads it
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One key of the presence message."""
+
+    wire: str  # canonical JSON name
+    attr: str  # PresenceMessage attribute
+    kind: type  # str, bool, int or tuple (of strings)
+    limit: int  # bytes for str (UTF-8), items for tuple; 0 = no limit
+    # Keys ignored when the message comes from this origin.
+    ignored_from: frozenset[Origin] = frozenset()
+    relayed: bool = True  # written by encode()
+    always: bool = False  # written even when empty
+    doc: str = ""
+
+
+_CLIENT_ONLY = frozenset({Origin.RELAY})
+_SERVER_ONLY = frozenset({Origin.CLIENT})
+
+FIELDS: Final[tuple[Field, ...]] = (
+    Field("type", "type", str, 0, always=True, doc="online, update, offline (punch: server)"),
+    Field("peerId", "peer_id", str, MAX_PEER_ID_BYTES, always=True, doc="libp2p peer ID"),
+    Field("content", "content", str, MAX_CONTENT_BYTES, always=True, doc="the peer's label"),
+    Field("email", "email", str, MAX_EMAIL_BYTES, always=True, doc="owner's email"),
+    Field("avatarHash", "avatar_hash", str, MAX_AVATAR_HASH_BYTES, always=True),
+    Field("videoDisabled", "video_disabled", bool, 0),
+    Field("activeTemplate", "active_template", str, MAX_TEMPLATE_BYTES),
+    Field("target", "target", str, MAX_PEER_ID_BYTES, _SERVER_ONLY, doc="punch: who it is for"),
+    Field("addrs", "addrs", tuple, MAX_ADDRS, doc="libp2p multiaddrs to dial"),
+    Field(
+        "verificationToken", "verification_token", str, MAX_TOKEN_BYTES, _CLIENT_ONLY,
+        relayed=False, doc="kept by the server, never relayed",
+    ),
+    Field("publicKey", "public_key", str, MAX_PUBLIC_KEY_BYTES, doc="base64 NaCl key"),
+    Field("encryptionSupported", "encryption_supported", bool, 0),
+    Field("goopClientVersion", "goop_client_version", str, MAX_VERSION_BYTES),
+    Field("ts", "ts", int, 0, always=True, doc="Unix ms; 0 or missing = now"),
+    Field("verified", "verified", bool, 0, _SERVER_ONLY, doc="set by the server"),
+)
+
+# lower-cased input name -> field
+_BY_KEY: Final = {f.wire.lower(): f for f in FIELDS}
+_EMPTY: Final[dict[type, Any]] = {str: "", bool: False, int: 0, tuple: ()}
 
 
 class MessageError(ValueError):
     """The input is not a valid presence message; str() says why."""
+
+
+class PunchFromClient(MessageError):
+    """A ``punch`` from a client: refused on /publish, skipped quietly elsewhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,20 +120,54 @@ class PresenceMessage:
     email: str = ""
     avatar_hash: str = ""
     ts: int = 0
+    _: KW_ONLY
+    video_disabled: bool = False
+    active_template: str = ""
+    target: str = ""
+    addrs: tuple[str, ...] = ()
+    verification_token: str = ""
+    public_key: str = ""
+    encryption_supported: bool = False
+    goop_client_version: str = ""
+    verified: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "peerId": self.peer_id,
-            "content": self.content,
-            "email": self.email,
-            "avatarHash": self.avatar_hash,
-            "ts": self.ts,
-        }
+        """The relayed fields, in goop2's order, empty optional ones left out."""
+        out: dict[str, Any] = {}
+        for f in FIELDS:
+            if not f.relayed:
+                continue
+            value = getattr(self, f.attr)
+            if f.always or value:
+                out[f.wire] = list(value) if f.kind is tuple else value
+        return out
 
     def encode(self) -> bytes:
         """Compact one-line JSON (never contains CR or LF), UTF-8."""
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    def same_state(self, other: PresenceMessage) -> bool:
+        """True when ``other`` says the same about the peer (only type or ts differ)."""
+        return self.state() == other.state()
+
+    def state(self) -> tuple[Any, ...]:
+        """Everything a reader would show or act on, without type, ts and the token."""
+        return (
+            self.content, self.email, self.avatar_hash, self.video_disabled,
+            self.active_template, frozenset(self.addrs), self.public_key,
+            self.encryption_supported, self.goop_client_version, self.verified,
+        )
+
+    def offline(self, ts: int) -> PresenceMessage:
+        """The server's offline for this peer (expiry, socket closed): who it was, no addresses."""
+        return PresenceMessage(
+            "offline", self.peer_id, self.content, self.email, self.avatar_hash, ts,
+            verified=self.verified,
+        )
+
+    def stamped(self, verified: bool) -> PresenceMessage:
+        """This message as the server relays it: its ``verified``, no token."""
+        return replace(self, verified=verified, verification_token="")
 
 
 class _Duplicate(Exception):
@@ -85,15 +180,14 @@ def _reject_constant(name: str) -> Any:
 
 
 def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    folded: set[str] = set()
-    for key, value in pairs:
-        low = key.lower()
-        if low in folded:
-            raise _Duplicate(key)
-        folded.add(low)
-        seen[key] = value
-    return seen
+    out = dict(pairs)
+    if len(out) != len(pairs) or len({k.lower() for k in out}) != len(out):
+        folded: set[str] = set()
+        for key, _ in pairs:
+            if key.lower() in folded:
+                raise _Duplicate(key)
+            folded.add(key.lower())
+    return out
 
 
 def _utf8_len(field: str, value: str) -> int:
@@ -104,12 +198,8 @@ def _utf8_len(field: str, value: str) -> int:
         raise MessageError(f"{field}: contains an unpaired surrogate") from None
 
 
-def parse_message(body: bytes, now_ms: int) -> PresenceMessage:
-    """Validate ``body`` as one presence message.
-
-    ``now_ms`` fills in ``ts`` when it is 0 or missing. Raises `MessageError`
-    for anything else than a well-formed message; never anything else.
-    """
+def decode_json(body: bytes) -> object:
+    """Bytes to one JSON value, refusing what goop refuses (size, UTF-8, NaN, duplicates)."""
     if len(body) > MAX_BODY_BYTES:
         raise MessageError(f"body larger than {MAX_BODY_BYTES} bytes")
     try:
@@ -117,63 +207,94 @@ def parse_message(body: bytes, now_ms: int) -> PresenceMessage:
     except UnicodeDecodeError as e:
         raise MessageError(f"body is not valid UTF-8 (byte {e.start})") from None
     try:
-        obj = json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_reject_constant)
+        return json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_reject_constant)
     except _Duplicate as d:
-        raise MessageError(f"duplicate field {d.key!r}") from None
+        raise MessageError(f"duplicate field {_short(d.key)!r}") from None
     except MessageError:
         raise
     except RecursionError:
         raise MessageError("JSON nested too deeply") from None
     except ValueError as e:
         raise MessageError(f"malformed JSON: {e}") from None
-    return message_from_object(obj, now_ms)
 
 
-def message_from_object(obj: object, now_ms: int) -> PresenceMessage:
-    """Validate an already-decoded JSON value (see `parse_message`)."""
+def parse_message(
+    body: bytes, now_ms: int, origin: Origin = Origin.CLIENT, peer_id: str = ""
+) -> PresenceMessage:
+    """Validate ``body`` as one presence message (see `message_from_object`)."""
+    return message_from_object(decode_json(body), now_ms, origin, peer_id)
+
+
+def _check(f: Field, value: Any) -> Any:
+    kind = f.kind
+    if value is None:
+        return _EMPTY[kind]
+    if kind is str:
+        if not isinstance(value, str):
+            raise MessageError(f"{f.wire}: must be a string, got {_json_type(value)}")
+        if _utf8_len(f.wire, value) > f.limit and f.limit:
+            raise MessageError(f"{f.wire}: longer than {f.limit} bytes")
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise MessageError(f"{f.wire}: must be true or false, got {_json_type(value)}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MessageError(
+                f"{f.wire}: must be an integer (Unix milliseconds), got {_json_type(value)}"
+            )
+        if value < 0 or value > MAX_TS:
+            raise MessageError(f"{f.wire}: out of range")
+        return value
+    # tuple: an array of strings
+    if not isinstance(value, list):
+        raise MessageError(f"{f.wire}: must be an array of strings, got {_json_type(value)}")
+    if len(value) > f.limit:
+        raise MessageError(f"{f.wire}: more than {f.limit} entries")
+    for item in value:
+        if not isinstance(item, str):
+            raise MessageError(f"{f.wire}: entries must be strings, got {_json_type(item)}")
+        if _utf8_len(f.wire, item) > MAX_ADDR_BYTES:
+            raise MessageError(f"{f.wire}: an entry is longer than {MAX_ADDR_BYTES} bytes")
+    return tuple(value)
+
+
+def message_from_object(
+    obj: object, now_ms: int, origin: Origin = Origin.CLIENT, peer_id: str = ""
+) -> PresenceMessage:
+    """Validate an already-decoded JSON value as a message from ``origin``.
+
+    ``now_ms`` fills in ``ts`` when it is 0 or missing; ``peer_id`` fills in
+    ``peerId`` when it is missing (a /ws socket knows whose it is). Raises
+    `MessageError` for anything but a well-formed message; never anything else.
+    """
     if not isinstance(obj, dict):
         raise MessageError(f"expected a JSON object, got {_json_type(obj)}")
-    fields: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for key, value in obj.items():
-        canonical = _FIELDS.get(key.lower())
-        if canonical is None:
-            raise MessageError(f"unknown field {_short(key)!r}")
-        if canonical in fields:
-            raise MessageError(f"duplicate field {key!r}")
-        fields[canonical] = value
+        f = _BY_KEY.get(key.lower())
+        if f is None or origin in f.ignored_from:
+            continue  # unknown to goop and goop2, or not this sender's to set
+        if f.attr in values:
+            raise MessageError(f"duplicate field {_short(key)!r}")
+        values[f.attr] = _check(f, value)
 
-    for name, limit in _STRING_LIMITS.items():
-        value = fields.get(name, "")
-        if not isinstance(value, str):
-            raise MessageError(f"{name}: must be a string, got {_json_type(value)}")
-        if _utf8_len(name, value) > limit:
-            raise MessageError(f"{name}: longer than {limit} bytes")
-
-    kind = fields.get("type")
-    if kind is None:
+    kind = values.get("type")
+    if not kind:
         raise MessageError("type: required")
-    if not isinstance(kind, str) or kind not in TYPES:
+    if kind == PUNCH:
+        if origin is Origin.CLIENT:
+            raise PunchFromClient("type: punch is sent by the server only")
+    elif kind not in PRESENCE_TYPES:
         raise MessageError("type: must be one of online, update, offline")
-    peer_id = fields.get("peerId")
-    if not peer_id:
-        raise MessageError("peerId: required")
-
-    ts = fields.get("ts", 0)
-    if isinstance(ts, bool) or not isinstance(ts, int):
-        raise MessageError(f"ts: must be an integer (Unix milliseconds), got {_json_type(ts)}")
-    if ts < 0 or ts > MAX_TS:
-        raise MessageError("ts: out of range")
-    if ts == 0:
-        ts = now_ms
-
-    return PresenceMessage(
-        type=kind,
-        peer_id=peer_id,
-        content=fields.get("content", ""),
-        email=fields.get("email", ""),
-        avatar_hash=fields.get("avatarHash", ""),
-        ts=ts,
-    )
+    if not values.get("peer_id", "").strip():
+        if not peer_id:
+            raise MessageError("peerId: required")
+        values["peer_id"] = peer_id
+    if not values.get("ts"):
+        values["ts"] = now_ms
+    return PresenceMessage(**values)
 
 
 def _json_type(value: object) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from goop.message import PresenceMessage
+from goop.message import PRESENCE_TYPES, PresenceMessage
 
 SOURCES: Final = ("lan", "local", "wan")
 APPEARED: Final = "appeared"
@@ -47,11 +47,12 @@ class PeerView:
             "sources": self.sources,
             "last_seen": self.last_seen,
             "ts": m.ts,
+            # goop2 peers say which client they run; goop's own say "goop/<version>".
+            "client": m.goop_client_version,
+            "verified": m.verified,
+            "addrs": list(m.addrs),
+            "encryption": m.encryption_supported,
         }
-
-
-def _same_state(a: PresenceMessage, b: PresenceMessage) -> bool:
-    return a.content == b.content and a.email == b.email and a.avatar_hash == b.avatar_hash
 
 
 class PeerTable:
@@ -103,7 +104,7 @@ class PeerTable:
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}")
         peer_id = message.peer_id
-        if peer_id == self.self_id:
+        if peer_id == self.self_id or message.type not in PRESENCE_TYPES:
             return None
         view = self._peers.get(peer_id)
         if message.type == "offline":
@@ -121,7 +122,7 @@ class PeerTable:
             self._notify(APPEARED, view)
             return APPEARED
         new_source = source not in view.seen
-        changed = new_source or not _same_state(view.message, message)
+        changed = new_source or not view.message.same_state(message)
         view.message = message
         view.seen[source] = now
         if changed:

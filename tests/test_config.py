@@ -912,7 +912,8 @@ class CliTests(ConfigTestCase):
             set(
                 "key-file label email listen-port mdns-tag mdns-interfaces topic ttl-seconds "
                 "heartbeat-seconds rendezvous-port rendezvous-bind rendezvous-wan "
-                "admin-password peer-db-path publish-rate-limit max-subscribers "
+                "admin-password peer-db-path publish-rate-limit max-subscribers max-websockets "
+                "max-websockets-per-ip "
                 "max-subscribers-per-ip rendezvous-tls-dir rendezvous-redirect-port "
                 "rendezvous-ca-file trusted-proxies http-addr".split()
             ),

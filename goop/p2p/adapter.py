@@ -28,7 +28,13 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from goop.identity import Identity
-from goop.message import MAX_CONTENT_BYTES, MessageError, PresenceMessage, parse_message
+from goop.message import (
+    MAX_CONTENT_BYTES,
+    MessageError,
+    PresenceMessage,
+    PunchFromClient,
+    parse_message,
+)
 from goop.netaddrs import interface_addresses
 from goop.p2p.trio_bridge import Mode, shared_bridge
 
@@ -297,6 +303,8 @@ class Libp2pAdapter(Service):
             return
         try:
             message = parse_message(data, int(self.reactor.seconds() * 1000))
+        except PunchFromClient:
+            return  # a rendezvous's hint has no meaning on the LAN topic
         except MessageError as e:
             self.log.warn(
                 "ignoring a bad GossipSub presence message from {sender}: {why}",

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from goop.backoff import Backoff
-from goop.message import MessageError, PresenceMessage, message_from_object
+from goop.message import MessageError, Origin, PresenceMessage, message_from_object
 from goop.presence.tlsclient import describe_failure
 from goop.sseparse import SSEParser, SSEProtocolError
 
@@ -77,6 +77,8 @@ class EventStreamConsumer(Service):
         rng: random.Random | None = None,
         name: str = "rendezvous",
         on_managed: OnManaged | None = None,
+        self_id: str = "",
+        on_punch: OnMessage | None = None,
     ) -> None:
         self.reactor = reactor
         self._url = url
@@ -91,6 +93,8 @@ class EventStreamConsumer(Service):
         self.bad_events = 0
         self.changes_only = False  # the open stream skips no-op heartbeats
         self._on_managed = on_managed
+        self.self_id = self_id
+        self._on_punch = on_punch
         self._request: Deferred[Any] | None = None
         self._reader: _StreamReader | None = None
         self._retry: IDelayedCall | None = None
@@ -199,12 +203,25 @@ class EventStreamConsumer(Service):
         self.last_event_id = last_event_id
         self.backoff.reset()  # a stream that delivers is a healthy one
         try:
-            message = message_from_object(json.loads(data), int(self.reactor.seconds() * 1000))
+            message = message_from_object(
+                json.loads(data), int(self.reactor.seconds() * 1000), Origin.RELAY
+            )
         except (ValueError, RecursionError, MessageError) as e:
             self.bad_events += 1
             self.log.warn("{url}: ignoring a bad event ({why})", url=self.url, why=e)
             return
-        self._on_message(message)
+        deliver(message, self.self_id, self._on_message, self._on_punch)
+
+
+def deliver(
+    message: PresenceMessage, self_id: str, on_message: OnMessage, on_punch: OnMessage | None
+) -> None:
+    """Hand a relayed message on: presence to the table, a punch hint only when it is
+    for us (goop2 servers broadcast hints to everyone; the rest are skipped quietly)."""
+    if message.type != "punch":
+        on_message(message)
+    elif on_punch is not None and self_id and message.target == self_id:
+        on_punch(message)
 
 
 class _Discard(Protocol):

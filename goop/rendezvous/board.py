@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from goop.message import PresenceMessage
 from goop.rendezvous.eventlog import Event, EventLog
 from goop.rendezvous.fanout import Hub
+from goop.rendezvous.punch import PunchPlanner, brings_new_addrs
 from goop.rendezvous.registry import Change, PeerRegistry
 
 PRUNE_INTERVAL: Final = 5.0
@@ -29,8 +30,11 @@ class Board:
         self.registry = PeerRegistry()
         self.events = EventLog(first_event_id)
         self.accepting = True
-        # Peers whose offline event comes from expiry (shared mode logs it late).
-        self._expiring: set[str] = set()
+        # Why a peer's coming offline event was made by the server (expiry, a
+        # closed /ws socket); shared mode applies the event later, so it waits here.
+        self._why_left: dict[str, str] = {}
+        self.punch = PunchPlanner()
+        self.hints_sent = 0
         hub.on_batch = self._count_sent
 
     def _count_sent(self, batch: list[Event], subscribers: int) -> None:
@@ -52,8 +56,18 @@ class Board:
         self.record(message, event, now, nbytes)
         return event
 
+    def server_offline(self, peer_id: str, why: str, now: float) -> Deferred[None] | None:
+        """The server says ``peer_id`` is gone (its /ws closed); no-op when it is not here."""
+        entry = self.registry.get(peer_id)
+        if entry is None:
+            return None
+        self._why_left[peer_id] = why
+        return self.accept(entry.message.offline(int(now * 1000)), 0, now)
+
     def record(self, message: PresenceMessage, event: Event, now: float, nbytes: int) -> Change:
         """Apply an event to the table, log a transition, hand it to the hub."""
+        before = self.registry.get(message.peer_id)
+        previous = before.message if before is not None else None
         change = self.registry.apply(message, event, now, nbytes)
         event.changed = change is not Change.REFRESHED
         if change is Change.APPEARED:
@@ -64,11 +78,18 @@ class Board:
                 content=message.content,
             )
         elif change is Change.LEFT:
-            why = "expired" if event.peer_id in self._expiring else "offline message"
-            self._expiring.discard(event.peer_id)
+            why = self._why_left.pop(event.peer_id, "offline message")
             self.log.info("peer {peer_id} offline ({why})", peer_id=message.peer_id, why=why)
         self.hub.publish(event)
+        if self.hub.by_peer and brings_new_addrs(message, previous):
+            self._hint(message, now)
         return change
+
+    def _hint(self, message: PresenceMessage, now: float) -> None:
+        """Punch hints for a peer that brought new addresses, each to its target alone."""
+        plan = self.punch.plan(message, self.registry.newest_first(), self.hub.by_peer, now)
+        for recipient, hint in plan:
+            self.hints_sent += self.hub.send_to(recipient, hint.encode())
 
     def prune(self, now: float) -> list[str]:
         """Expire peers silent for ``ttl`` seconds; each gets an ``offline`` event."""
@@ -76,11 +97,9 @@ class Board:
         for entry in self.registry.expired(now, self.ttl):
             self.registry.remove(entry.message.peer_id)
             old = entry.message
-            offline = PresenceMessage(
-                "offline", old.peer_id, old.content, old.email, old.avatar_hash,
-                int(now * 1000),
-            )
+            offline = old.offline(int(now * 1000))
             self.hub.publish(self.events.append(old.peer_id, offline.encode()))
+            self._why_left.pop(old.peer_id, None)
             self.log.info(
                 "peer {peer_id} offline (expired: silent for {silent:.0f}s, ttl {ttl}s)",
                 peer_id=old.peer_id,

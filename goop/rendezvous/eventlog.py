@@ -14,21 +14,35 @@ from collections import deque
 from typing import Final
 
 from goop.sse import format_event
+from goop.wsframe import text_frame
 
 DEFAULT_CAPACITY: Final = 8192
 
 
 class Event:
-    """One fanned-out message: its id, whose state it carries, its SSE bytes."""
+    """One fanned-out message: its id, whose state it carries, its JSON, its SSE bytes.
 
-    __slots__ = ("changed", "frame", "id", "peer_id")
+    The WebSocket frame is made on first use (only when some /ws subscriber
+    wants it) and then shared by every socket, like the SSE frame.
+    """
 
-    def __init__(self, event_id: int, peer_id: str, frame: bytes) -> None:
+    __slots__ = ("_ws", "changed", "data", "frame", "id", "peer_id")
+
+    def __init__(self, event_id: int, peer_id: str, frame: bytes, data: bytes = b"") -> None:
         self.id = event_id
         self.peer_id = peer_id
         self.frame = frame
+        self.data = data
+        self._ws: bytes | None = None
         # False for a heartbeat that changed nothing: changes-only streams skip it.
         self.changed = True
+
+    @property
+    def ws_frame(self) -> bytes:
+        """This event as one WebSocket text frame (server to client: unmasked)."""
+        if self._ws is None:
+            self._ws = text_frame(self.data)
+        return self._ws
 
     def __repr__(self) -> str:
         return f"Event({self.id}, {self.peer_id!r})"
@@ -51,14 +65,14 @@ class EventLog:
     def add_snapshot(self, event_id: int, peer_id: str, data: bytes) -> Event:
         """An old event known only as a peer's latest state (a restart's table): it
         is framed like any other but is not in the replay ring."""
-        return Event(event_id, peer_id, format_event(data, event_id))
+        return Event(event_id, peer_id, format_event(data, event_id), data)
 
     def add(self, event_id: int, peer_id: str, data: bytes) -> Event:
         """An event whose id was chosen elsewhere (the shared store); ids only grow."""
         if event_id <= self.head:
             raise ValueError(f"event id {event_id} is not after {self.head}")
         self.head = event_id
-        event = Event(event_id, peer_id, format_event(data, event_id))
+        event = Event(event_id, peer_id, format_event(data, event_id), data)
         self._ring.append(event)
         return event
 

@@ -31,8 +31,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from goop.rendezvous.eventlog import Event
-from goop.sse import OK_COMMENT, PING_COMMENT
+from goop.sse import OK_COMMENT, PING_COMMENT, format_event
 
+SSE: Final = "sse"
+WS: Final = "ws"
 DEFAULT_MAX_PAUSE: Final = 120.0
 # A batch longer than this is sent as each peer's latest state (see `_Job`).
 # A batch is what arrived during one turn of fan-out: a few to a few dozen events
@@ -63,6 +65,9 @@ class Subscriber:
 
     log = Logger()
 
+    # Which bytes of a batch this subscriber takes (see `_Job.payload`).
+    kind = SSE
+
     __slots__ = (
         "_abort_call",
         "_direct",
@@ -71,15 +76,25 @@ class Subscriber:
         "changes_only",
         "done",
         "paused",
+        "peer_id",
         "pending",
         "request",
     )
 
-    def __init__(self, hub: Hub, request: Any, address: str, changes_only: bool = False) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        request: Any,
+        address: str,
+        changes_only: bool = False,
+        peer_id: str = "",
+    ) -> None:
         self._hub = hub
         self.request: Any = request
         self.address = address
         self.changes_only = changes_only
+        # The peer this stream says it belongs to (?peer_id=): targeted hints go here.
+        self.peer_id = peer_id
         self.paused = False
         self.pending: dict[str, Event] | None = None
         self._abort_call: IDelayedCall | None = None
@@ -129,6 +144,17 @@ class Subscriber:
         if not self.paused:
             self.request.write(data)
 
+    def ping(self) -> None:
+        self.write(PING_COMMENT)
+
+    def send_one(self, data: bytes) -> bool:
+        """A message for this subscriber alone (a punch hint), outside the event log:
+        written now, or dropped when the reader is behind (it is a hint, not state)."""
+        if self.paused or self.pending is not None:
+            return False
+        self.write(format_event(data))
+        return True
+
     # IPushProducer
 
     def pauseProducing(self) -> None:
@@ -157,7 +183,11 @@ class Subscriber:
         pending, self.pending = self.pending, None
         if pending:
             ordered = sorted(pending.values(), key=lambda e: e.id)
-            self.request.write(b"".join(e.frame for e in ordered))
+            self.write_events(ordered)
+
+    def write_events(self, events: list[Event], preface: bytes = b"") -> None:
+        """Write ``events`` now, paused or not (a backlog the transport then buffers)."""
+        self.request.write(preface + b"".join(e.frame for e in events))
 
     def stopProducing(self) -> None:
         self._hub.remove(self)
@@ -210,14 +240,14 @@ class _Job:
     """One batch on its way to the subscribers that were open when it was cut."""
 
     __slots__ = (
-        "_changes",
-        "_changes_chunk",
         "_latest",
         "_latest_changed",
+        "_variants",
         "batch",
         "chunk",
         "data",
         "pos",
+        "sent",
         "subs",
     )
 
@@ -226,17 +256,42 @@ class _Job:
         self.subs = subs
         self.pos = 0
         # Each worked out once, and only if some subscriber needs it.
-        self._changes: bytes | None = None
-        self._changes_chunk = b""
         self._latest: dict[str, Event] | None = None
         self._latest_changed: dict[str, Event] | None = None
-        if len(batch) > MAX_BATCH_EVENTS:
+        self._variants: dict[tuple[str, bool], tuple[bytes, bytes, Callable[[], Any]]] = {}
+        sent = self.sent = self._coalesced(batch, self.latest)
+        self.data = b"".join(e.frame for e in sent) if len(sent) > 1 else sent[0].frame
+        self.chunk = _chunk(self.data)
+
+    def _coalesced(
+        self, events: list[Event], latest: Callable[[], dict[str, Event]]
+    ) -> list[Event]:
+        if len(events) > MAX_BATCH_EVENTS:
             # The server fell behind and events piled up: send each peer's
             # latest state in this batch, not every step on the way (bounded
             # by the number of peers, not by how far behind we are).
-            batch = sorted(self.latest().values(), key=_by_id)
-        self.data = b"".join(e.frame for e in batch) if len(batch) > 1 else batch[0].frame
-        self.chunk = _chunk(self.data)
+            return sorted(latest().values(), key=_by_id)
+        return events
+
+    def payload(self, kind: str, changes_only: bool) -> tuple[bytes, bytes, Callable[[], Any]]:
+        """(bytes, HTTP chunk, latest-per-peer) of this batch for one kind of subscriber."""
+        key = (kind, changes_only)
+        found = self._variants.get(key)
+        if found is not None:
+            return found
+        if changes_only:
+            latest = self.latest_changed
+            events = self._coalesced([e for e in self.batch if e.changed], latest)
+        else:
+            latest = self.latest
+            events = self.sent
+        if kind == SSE:
+            data = b"".join(e.frame for e in events)
+            made = (data, _chunk(data), latest)
+        else:
+            made = (b"".join(e.ws_frame for e in events), b"", latest)
+        self._variants[key] = made
+        return made
 
     def latest(self) -> dict[str, Event]:
         if self._latest is None:
@@ -247,12 +302,6 @@ class _Job:
         if self._latest_changed is None:
             self._latest_changed = {e.peer_id: e for e in self.batch if e.changed}
         return self._latest_changed
-
-    def _changes_data(self) -> bytes:
-        changed = [e for e in self.batch if e.changed]
-        if len(changed) > MAX_BATCH_EVENTS:
-            changed = sorted(self.latest_changed().values(), key=_by_id)
-        return b"".join(e.frame for e in changed)
 
     def run(
         self, live: set[Subscriber], clock: IReactorTime, budget: float, check_every: int
@@ -265,11 +314,8 @@ class _Job:
             sub = subs[i]
             i += 1
             if sub in live:  # it may have left since the batch was cut
-                if sub.changes_only:
-                    if self._changes is None:
-                        self._changes = self._changes_data()
-                        self._changes_chunk = _chunk(self._changes)
-                    sub.deliver(self._changes, self._changes_chunk, self.latest_changed)
+                if sub.changes_only or sub.kind is not SSE:
+                    sub.deliver(*self.payload(sub.kind, sub.changes_only))
                 else:
                     sub.deliver(data, chunk, latest)
             if not i % check_every and clock.seconds() - started >= budget:
@@ -281,14 +327,13 @@ class _Job:
         return self.pos >= len(self.subs)
 
 
-def _no_delay(request: Any) -> None:
+def no_delay(transport: Any) -> None:
     """Switch Nagle's algorithm off for an event stream's TCP connection.
 
     A stream gets a small write every few milliseconds; with Nagle on, a write
     made while the previous one is unacknowledged waits for the reader's
     delayed ACK (up to 40 ms on Linux): that was the p99 of the benchmark.
     """
-    transport = getattr(getattr(request, "channel", None), "transport", None)
     for t in (transport, getattr(transport, "transport", None)):  # TLS wraps TCP
         set_no_delay = getattr(t, "setTcpNoDelay", None)
         if set_no_delay is not None:
@@ -328,16 +373,25 @@ class Hub:
         turn_budget: float = TURN_BUDGET,
         pace: float = PACE,
         check_every: int = CHECK_EVERY,
+        max_websockets: int = 0,
+        max_websockets_per_ip: int = 0,
     ) -> None:
         self.reactor = reactor
-        self.max_subscribers = max_subscribers
-        self.max_subscribers_per_ip = max_subscribers_per_ip
         self.max_pause = max_pause
         self.turn_budget = turn_budget
         self.check_every = check_every
         self.pace = pace
+        # kind -> (global cap, per-address cap); 0 = unlimited.
+        self.limits = {
+            SSE: (max_subscribers, max_subscribers_per_ip),
+            WS: (max_websockets, max_websockets_per_ip),
+        }
         self.subscribers: set[Subscriber] = set()
-        self.per_address: dict[str, int] = {}
+        self.counts: dict[str, int] = {SSE: 0, WS: 0}
+        self.per_address: dict[str, int] = {}  # /events streams per client address
+        self.ws_per_address: dict[str, int] = {}  # /ws sockets per client address
+        # peer ID -> the subscribers that said they are that peer (targeted hints).
+        self.by_peer: dict[str, list[Subscriber]] = {}
         self._batch: list[Event] = []
         self._jobs: deque[_Job] = deque()
         # Resumed subscribers whose coalesced backlog is still to be written.
@@ -348,33 +402,59 @@ class Hub:
         # Told (events, subscriber count) for each batch: byte accounting.
         self.on_batch = on_batch
 
+    @property
+    def max_subscribers(self) -> int:
+        return self.limits[SSE][0]
+
+    @property
+    def max_subscribers_per_ip(self) -> int:
+        return self.limits[SSE][1]
+
     def __len__(self) -> int:
         return len(self.subscribers)
 
-    def refusal(self, address: str) -> str | None:
-        """Why a new subscriber from ``address`` is refused, or None."""
-        if self.max_subscribers and len(self.subscribers) >= self.max_subscribers:
-            return f"server is at its subscriber limit ({self.max_subscribers})"
-        per_ip = self.max_subscribers_per_ip
-        if per_ip and self.per_address.get(address, 0) >= per_ip:
-            return f"too many subscribers from {address} (limit {per_ip})"
+    def _per_address(self, kind: str) -> dict[str, int]:
+        return self.per_address if kind == SSE else self.ws_per_address
+
+    def refusal(self, address: str, kind: str = SSE) -> str | None:
+        """Why a new subscriber (``/events`` or ``/ws``) from ``address`` is refused, or None."""
+        total, per_ip = self.limits[kind]
+        what = "subscriber" if kind == SSE else "WebSocket"
+        if total and self.counts[kind] >= total:
+            return f"server is at its {what} limit ({total})"
+        if per_ip and self._per_address(kind).get(address, 0) >= per_ip:
+            return f"too many {what}s from {address} (limit {per_ip})"
         return None
 
     def subscribe(
-        self, request: Any, address: str, backlog: list[Event], changes_only: bool = False
+        self,
+        request: Any,
+        address: str,
+        backlog: list[Event],
+        changes_only: bool = False,
+        peer_id: str = "",
     ) -> Subscriber:
         """Open a stream on ``request``: ``: ok``, then ``backlog``, then live events."""
+        sub = Subscriber(self, request, address, changes_only, peer_id)
+        request.registerProducer(sub, True)
+        no_delay(getattr(getattr(request, "channel", None), "transport", None))
+        self.attach(sub, backlog, OK_COMMENT)
+        sub._direct = sub._direct_transport()
+        return sub
+
+    def attach(self, sub: Subscriber, backlog: list[Event], preface: bytes = b"") -> None:
+        """Start live delivery to ``sub`` after writing ``preface`` and ``backlog``."""
         # Anything still batched is already in ``backlog`` (which was read from
         # the current state): cut it now, for everyone but the newcomer.
         self._cut()
-        sub = Subscriber(self, request, address, changes_only)
-        request.registerProducer(sub, True)
-        _no_delay(request)
-        request.write(OK_COMMENT + b"".join(e.frame for e in backlog))
-        sub._direct = sub._direct_transport()
+        if preface or backlog:
+            sub.write_events(backlog, preface)
         self.subscribers.add(sub)
-        self.per_address[address] = self.per_address.get(address, 0) + 1
-        return sub
+        self.counts[sub.kind] += 1
+        counts = self._per_address(sub.kind)
+        counts[sub.address] = counts.get(sub.address, 0) + 1
+        if sub.peer_id:
+            self.by_peer.setdefault(sub.peer_id, []).append(sub)
 
     def remove(self, sub: Subscriber) -> None:
         if sub not in self.subscribers:
@@ -382,11 +462,22 @@ class Hub:
         self.subscribers.discard(sub)
         sub._cancel_abort()
         sub.pending = None
-        left = self.per_address[sub.address] - 1
+        self.counts[sub.kind] -= 1
+        counts = self._per_address(sub.kind)
+        left = counts[sub.address] - 1
         if left:
-            self.per_address[sub.address] = left
+            counts[sub.address] = left
         else:
-            del self.per_address[sub.address]
+            del counts[sub.address]
+        if sub.peer_id:
+            mine = self.by_peer[sub.peer_id]
+            mine.remove(sub)
+            if not mine:
+                del self.by_peer[sub.peer_id]
+
+    def send_to(self, peer_id: str, data: bytes) -> int:
+        """``data`` (one message's JSON) to ``peer_id``'s subscribers alone; how many took it."""
+        return sum(1 for sub in self.by_peer.get(peer_id, ()) if sub.send_one(data))
 
     def publish(self, event: Event) -> None:
         self._batch.append(event)
@@ -458,7 +549,7 @@ class Hub:
 
     def ping(self) -> None:
         for sub in list(self.subscribers):
-            sub.write(PING_COMMENT)
+            sub.ping()
 
     def close_all(self) -> None:
         self.flush()

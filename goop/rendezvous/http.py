@@ -117,3 +117,28 @@ def client_address(
             except ValueError:
                 return peer_host
     return peer_host
+
+
+JSON = b"application/json"
+
+
+def send_json(request: Any, code: int, value: object) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", JSON)
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(value).encode()
+
+
+def error_json(request: Any, code: int, message: str) -> bytes:
+    return send_json(request, code, {"error": message})
+
+
+def wrong_method(request: Any, allowed: str) -> bytes | None:
+    method = request.method
+    if method == b"HEAD" and "GET" in allowed:
+        return None
+    if method.decode("latin-1") not in allowed.split(", "):
+        request.setHeader(b"allow", allowed.encode())
+        name = method.decode("latin-1")
+        return error_json(request, 405, f"method {name} not allowed; use {allowed}")
+    return None

@@ -44,14 +44,13 @@ class PeerEntry:
             "email": m.email,
             "avatar_hash": m.avatar_hash,
             "ts": m.ts,
+            "client": m.goop_client_version,
+            "verified": m.verified,
+            "addrs": list(m.addrs),
             "last_seen": self.last_seen,
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
         }
-
-
-def _same_state(a: PresenceMessage, b: PresenceMessage) -> bool:
-    return a.content == b.content and a.email == b.email and a.avatar_hash == b.avatar_hash
 
 
 class PeerRegistry:
@@ -67,6 +66,10 @@ class PeerRegistry:
     def __iter__(self) -> Iterator[PeerEntry]:
         return iter(self._peers.values())
 
+    def newest_first(self) -> Iterator[PresenceMessage]:
+        """Each peer's latest message, the most recently heard first."""
+        return (e.message for e in reversed(self._peers.values()))
+
     def get(self, peer_id: str) -> PeerEntry | None:
         return self._peers.get(peer_id)
 
@@ -79,7 +82,7 @@ class PeerRegistry:
         if entry is None:
             self._peers[peer_id] = PeerEntry(message, event, now, now, nbytes)
             return Change.APPEARED
-        change = Change.REFRESHED if _same_state(entry.message, message) else Change.CHANGED
+        change = Change.REFRESHED if entry.message.same_state(message) else Change.CHANGED
         entry.message = message
         entry.event = event
         entry.last_seen = now

@@ -69,6 +69,8 @@ class RendezvousService(Service):
             reactor,
             max_subscribers=config.max_subscribers,
             max_subscribers_per_ip=config.max_subscribers_per_ip,
+            max_websockets=config.max_websockets,
+            max_websockets_per_ip=config.max_websockets_per_ip,
         )
         self.board: Board
         if config.peer_db_path:
@@ -203,7 +205,9 @@ class RendezvousService(Service):
         try:
             now = self.reactor.seconds()
             self.board.prune(now)
+            self.board.punch.prune(now)
             self.web.limiter.prune(now)
+            self.web.keys.prune(now, self.board.registry)
         except Exception:
             self.log.failure("pruning failed; will retry in {interval}s", interval=PRUNE_INTERVAL)
 
@@ -214,6 +218,7 @@ class RendezvousService(Service):
             if loop.running:
                 loop.stop()
         self.stall_probe.stop()
+        self.web.ws.close_all()
         self.hub.close_all()
         globalLogPublisher.removeObserver(self.logs)
         if self._previous_hup is not None:

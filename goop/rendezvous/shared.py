@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from goop.message import MessageError, PresenceMessage, message_from_object
+from goop.message import MessageError, Origin, PresenceMessage, message_from_object
 from goop.rendezvous.board import Board
 from goop.rendezvous.fanout import Hub
 from goop.rendezvous.store import EventRow, SQLiteStore, StoreError
@@ -37,10 +37,8 @@ class DatabaseUnavailable(Exception):
 
 def _offline_from(peer_id: str, data: bytes, now: float) -> bytes:
     try:
-        last = message_from_object(json.loads(data), 0)
-        return PresenceMessage(
-            "offline", peer_id, last.content, last.email, last.avatar_hash, int(now * 1000)
-        ).encode()
+        last = message_from_object(json.loads(data), 0, Origin.RELAY)
+        return last.offline(int(now * 1000)).encode()
     except (ValueError, MessageError):
         return PresenceMessage("offline", peer_id, ts=int(now * 1000)).encode()
 
@@ -146,13 +144,15 @@ class SharedBoard(Board):
         if message is None:
             return
         if row.kind == "expired":
-            self._expiring.add(row.peer_id)
+            self._why_left[row.peer_id] = "expired"
         event = self.events.add(row.id, row.peer_id, row.data)
         self.record(message, event, row.created, row.nbytes)
 
     def _decode(self, row: EventRow) -> PresenceMessage | None:
         try:
-            return message_from_object(json.loads(row.data), int(row.created * 1000))
+            return message_from_object(
+                json.loads(row.data), int(row.created * 1000), Origin.RELAY
+            )
         except (ValueError, MessageError) as e:
             self.log.warn("skipping unreadable event {id} in the store: {why}", id=row.id, why=e)
             return None

@@ -7,7 +7,6 @@ hands the work to the `Board`. Every error is a JSON ``{"error": ...}``.
 from __future__ import annotations
 
 import hmac
-import json
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,37 +20,23 @@ from twisted.web import resource, server
 from werkzeug.exceptions import NotFound
 
 from goop.logbuffer import LogBuffer
-from goop.message import MessageError, parse_message
+from goop.message import (
+    MAX_PEER_ID_BYTES,
+    MessageError,
+    PresenceMessage,
+    decode_json,
+    parse_message,
+)
 from goop.ratelimit import SlidingWindowLimiter
 from goop.rendezvous import pages
 from goop.rendezvous.board import Board
-from goop.rendezvous.http import Network, client_address
+from goop.rendezvous.http import Network, client_address, error_json, send_json, wrong_method
+from goop.rendezvous.keys import KeyDirectory, KeyRefused, parse_key_post
 from goop.rendezvous.shared import DatabaseUnavailable
+from goop.rendezvous.websocket import WebSocketChannel
 
-JSON = b"application/json"
 CHANGES_HEADER = b"x-goop-changes"
 SUBSCRIBER_RETRY_AFTER = 10
-
-
-def _send_json(request: Any, code: int, value: object) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", JSON)
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(value).encode()
-
-
-def _error(request: Any, code: int, message: str) -> bytes:
-    return _send_json(request, code, {"error": message})
-
-
-def _wrong_method(request: Any, allowed: str) -> bytes | None:
-    method = request.method
-    if method == b"HEAD" and "GET" in allowed:
-        return None
-    if method.decode("latin-1") not in allowed.split(", "):
-        request.setHeader(b"allow", allowed.encode())
-        return _error(request, 405, f"method {method.decode('latin-1')} not allowed; use {allowed}")
-    return None
 
 
 class _PublishFastPath(resource.Resource):
@@ -70,7 +55,10 @@ class _PublishFastPath(resource.Resource):
         self._rest = rest
 
     def render(self, request: Any) -> Any:
-        if request.path != b"/publish":
+        path = request.path
+        if path != b"/publish":
+            if path == b"/ws":
+                return self._app.ws.render(request)
             return self._rest.render(request)
         result = self._app.publish(request)
         if isinstance(result, bytes):
@@ -113,6 +101,8 @@ class RendezvousApp:
         self.logs = logs if logs is not None else LogBuffer()
         self.connect_urls = connect_urls
         self.stats = stats
+        self.keys = KeyDirectory()
+        self.ws = WebSocketChannel(board, board.hub, reactor, self.submit, self._address)
 
     def resource(self) -> Any:
         return _PublishFastPath(self, self.app.resource())
@@ -127,25 +117,25 @@ class RendezvousApp:
 
     def publish(self, request: Any) -> bytes | Deferred[bytes]:
         """POST /publish (served by `_PublishFastPath`, not through Klein's routing)."""
-        refused = _wrong_method(request, "POST")
+        refused = wrong_method(request, "POST")
         if refused is not None:
             return refused
         if not self.board.accepting:
-            return _error(request, 503, "server is shutting down")
+            return error_json(request, 503, "server is shutting down")
         now = self.reactor.seconds()
         address = self._address(request)
         wait = self.limiter.hit(address, now)
         if wait:
             request.setHeader(b"retry-after", str(max(1, math.ceil(wait))).encode())
-            return _error(
+            return error_json(
                 request, 429, f"rate limit: at most {self.limiter.limit} publishes per minute"
             )
         body = request.content.read()
         try:
             message = parse_message(body, int(now * 1000))
         except MessageError as e:
-            return _error(request, 400, str(e))
-        stored = self.board.accept(message, len(body), now)
+            return error_json(request, 400, str(e))
+        stored = self.submit(message, len(body), now)
         if stored is None:
             request.setResponseCode(204)
             return b""
@@ -157,24 +147,37 @@ class RendezvousApp:
         def unavailable(failure: Failure) -> bytes:
             failure.trap(DatabaseUnavailable)  # type: ignore[no-untyped-call]
             request.setHeader(b"retry-after", b"1")
-            return _error(request, 503, str(failure.value))
+            return error_json(request, 503, str(failure.value))
 
         return stored.addCallbacks(done, unavailable)
 
+    def submit(self, message: PresenceMessage, nbytes: int, now: float) -> Deferred[None] | None:
+        """A validated client message (POST or /ws) into the board, as the server relays it.
+
+        ``verified``: goop runs no registration service, so, as goop2 does
+        without one, every accepted message is relayed with ``verified: true``
+        (docs/rendezvous.md); the client's own value was never read.
+        """
+        return self.board.accept(message.stamped(verified=True), nbytes, now)
+
     @app.route("/events", branch=False)
     def events(self, request: Any) -> bytes | Deferred[bytes]:
-        refused = _wrong_method(request, "GET")
+        refused = wrong_method(request, "GET")
         if refused is not None:
             return refused
         if not self.board.accepting:
-            return _error(request, 503, "server is shutting down")
+            return error_json(request, 503, "server is shutting down")
         address = self._address(request)
         hub = self.board.hub
         why = hub.refusal(address)
         if why is not None:
             request.setHeader(b"retry-after", str(SUBSCRIBER_RETRY_AFTER).encode())
-            return _error(request, 429, why)
+            return error_json(request, 429, why)
         changes_only = request.args.get(b"changes", [b""])[0] in (b"1", b"true")
+        # A stream that names its peer also gets that peer's punch hints.
+        peer_id = request.args.get(b"peer_id", [b""])[0].decode("utf-8", "replace").strip()
+        if len(peer_id.encode()) > MAX_PEER_ID_BYTES:
+            return error_json(request, 400, f"peer_id: longer than {MAX_PEER_ID_BYTES} bytes")
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         # Advertises the changes-only mode: this stream honours ?changes=1.
@@ -187,14 +190,70 @@ class RendezvousApp:
         backlog = self.board.backlog(
             last.decode("latin-1") if last is not None else None, changes_only
         )
-        sub = hub.subscribe(request, address, backlog, changes_only)
+        sub = hub.subscribe(request, address, backlog, changes_only, peer_id)
         # Klein cancels this Deferred when the client goes away; the canceller
         # removes the subscriber. The server fires it to end the stream.
         return sub.done
 
+    # -- goop2's side endpoints ---------------------------------------------------
+
+    @app.route("/api/encryption/keys", branch=False)
+    def post_key(self, request: Any) -> bytes:
+        """goop2's key directory: a peer registers its public key (201 is success)."""
+        refused = wrong_method(request, "POST")
+        if refused is not None:
+            return refused
+        now = self.reactor.seconds()
+        wait = self.limiter.hit(self._address(request), now)
+        if wait:
+            request.setHeader(b"retry-after", str(max(1, math.ceil(wait))).encode())
+            return error_json(request, 429, "rate limit (shared with /publish)")
+        header = (request.getHeader(b"x-goop-peerid") or b"").decode("utf-8", "replace").strip()
+        try:
+            peer_id, key = parse_key_post(decode_json(request.content.read()), header)
+            self.keys.put(peer_id, key, now, self.board.registry)
+        except MessageError as e:
+            return error_json(request, 400, str(e))
+        except KeyRefused as e:
+            if e.status == 503:
+                request.setHeader(b"retry-after", b"60")
+            return error_json(request, e.status, str(e))
+        return send_json(request, 201, {"status": "ok"})
+
+    @app.route("/api/encryption/keys/<path:peer_id>", branch=False)
+    def get_key(self, request: Any, peer_id: str) -> bytes:
+        refused = wrong_method(request, "GET")
+        if refused is not None:
+            return refused
+        entry = self.board.registry.get(peer_id)
+        key = entry.message.public_key if entry is not None else ""
+        key = key or self.keys.get(peer_id) or ""
+        if not key:
+            return error_json(request, 404, "no key for this peer")
+        return send_json(request, 200, {"public_key": key})
+
+    @app.route("/api/capabilities", branch=False)
+    def capabilities(self, request: Any) -> bytes:
+        """What this server offers, in goop2's shape (a relay and the rest: not here)."""
+        refused = wrong_method(request, "GET")
+        if refused is not None:
+            return refused
+        return send_json(
+            request,
+            200,
+            {
+                "encryption": True,
+                "registration": False,
+                "credits": False,
+                "templates": False,
+                "bridge": False,
+                "relay": False,
+            },
+        )
+
     @app.route("/healthz", branch=False)
     def healthz(self, request: Any) -> bytes:
-        refused = _wrong_method(request, "GET")
+        refused = wrong_method(request, "GET")
         if refused is not None:
             return refused
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -206,7 +265,7 @@ class RendezvousApp:
 
     @app.route("/", branch=False)
     def dashboard(self, request: Any) -> bytes:
-        refused = _wrong_method(request, "GET")
+        refused = wrong_method(request, "GET")
         if refused is not None:
             return refused
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -220,7 +279,7 @@ class RendezvousApp:
 
     def _admin_refusal(self, request: Any) -> bytes | None:
         if not self.admin_password:
-            return _error(request, 403, "admin is disabled: no admin_password is configured")
+            return error_json(request, 403, "admin is disabled: no admin_password is configured")
         user = request.getUser() or b""
         password = request.getPassword() or b""
         # Both compares always run: no early exit that times the user name.
@@ -228,7 +287,7 @@ class RendezvousApp:
         ok_password = hmac.compare_digest(password, self.admin_password)
         if not (ok_user and ok_password):
             request.setHeader(b"www-authenticate", b'Basic realm="goop admin", charset="UTF-8"')
-            return _error(request, 401, "admin login required (user admin)")
+            return error_json(request, 401, "admin login required (user admin)")
         return None
 
     def _peer_rows(self) -> list[dict[str, Any]]:
@@ -236,7 +295,7 @@ class RendezvousApp:
 
     @app.route("/admin", branch=False)
     def admin(self, request: Any) -> bytes:
-        refused = _wrong_method(request, "GET") or self._admin_refusal(request)
+        refused = wrong_method(request, "GET") or self._admin_refusal(request)
         if refused is not None:
             return refused
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
@@ -250,26 +309,26 @@ class RendezvousApp:
 
     @app.route("/peers.json", branch=False)
     def peers_json(self, request: Any) -> bytes:
-        refused = _wrong_method(request, "GET") or self._admin_refusal(request)
+        refused = wrong_method(request, "GET") or self._admin_refusal(request)
         if refused is not None:
             return refused
-        return _send_json(request, 200, self._peer_rows())
+        return send_json(request, 200, self._peer_rows())
 
     @app.route("/logs.json", branch=False)
     def logs_json(self, request: Any) -> bytes:
-        refused = _wrong_method(request, "GET") or self._admin_refusal(request)
+        refused = wrong_method(request, "GET") or self._admin_refusal(request)
         if refused is not None:
             return refused
-        return _send_json(request, 200, self.logs.lines())
+        return send_json(request, 200, self.logs.lines())
 
     @app.route("/stats.json", branch=False)
     def stats_json(self, request: Any) -> bytes:
         """Admin: counters for operators and the benchmark (resets the stall window)."""
-        refused = _wrong_method(request, "GET") or self._admin_refusal(request)
+        refused = wrong_method(request, "GET") or self._admin_refusal(request)
         if refused is not None:
             return refused
         hub = self.board.hub
-        return _send_json(
+        return send_json(
             request,
             200,
             {
@@ -283,4 +342,4 @@ class RendezvousApp:
 
     @app.handle_errors(NotFound)
     def not_found(self, request: Any, failure: Failure) -> bytes:
-        return _error(request, 404, f"no such endpoint: {request.path.decode('latin-1')}")
+        return error_json(request, 404, f"no such endpoint: {request.path.decode('latin-1')}")

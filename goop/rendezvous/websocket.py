@@ -1,0 +1,342 @@
+"""``/ws``: goop2's WebSocket presence channel, on the rendezvous port (TLS included).
+
+One socket per peer (``/ws?peer_id=<id>``), Autobahn for the protocol
+(handshake, framing, masking, UTF-8 checks, pings, close codes). What goes
+over it (GOOP2-PROTOCOL.md §4, and what goop does differently):
+
+- ``?probe=1``: upgrade, close 1000 ``probe-ok``. No other checks (goop2 peers
+  probe every 10 s while on SSE to learn that /ws exists).
+- No ``peer_id``: 400. A peer not registered: 425 until it has published.
+  Past the per-address or global socket cap: 429 with Retry-After.
+- On open, the same snapshot an ``/events`` stream gets (goop2 sends nothing;
+  its peers ignore nothing), then every broadcast as a text frame, own echo
+  included; ``?changes=1`` skips heartbeats that change nothing, as on SSE.
+- Every incoming text frame is a publish, validated as ``/publish`` does;
+  a frame for another peer ID, a bad one, or one past the per-socket rate is
+  skipped (counted; logged once per socket per minute), the socket stays open.
+  A message over 64 KiB closes the socket with 1009.
+- A second socket for the same peer replaces the first, without the offline
+  goop2 emits for the old one.
+- Server pings every 5 s; no pong within 10 s drops the socket. When a socket
+  ends while its peer is still registered, everyone gets that peer's offline
+  at once (kill -9 of a peer is seen within a second, not after the TTL).
+
+Back-pressure is the SSE subscriber's (`goop.rendezvous.fanout.Subscriber`):
+a socket that stops draining is paused, keeps each peer's latest state, and
+is cut off when paused too long; frames are encoded once per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import txaio
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from goop.message import MAX_BODY_BYTES, MessageError, Origin, PresenceMessage, parse_message
+from goop.rendezvous.board import Board
+from goop.rendezvous.eventlog import Event
+from goop.rendezvous.fanout import WS, Hub, Subscriber, no_delay
+from goop.rendezvous.http import error_json, wrong_method
+from goop.wsframe import text_frame
+
+# Autobahn logs every frame and ping at debug level, and twistd writes debug
+# lines: one line per heartbeat per peer. Its warnings and errors still show.
+txaio.set_global_log_level("warn")  # type: ignore[attr-defined]
+
+PING_INTERVAL: Final = 5.0
+PONG_TIMEOUT: Final = 10.0  # so a silent peer is dropped 10-15 s after its last sign of life
+HANDSHAKE_TIMEOUT: Final = 5.0
+# Per-socket publish rate: a burst of BURST, then REFILL_PER_SECOND (a goop2
+# peer sends one update per 5 s, plus an online and the odd address change).
+BURST: Final = 20
+REFILL_PER_SECOND: Final = 1.0
+WARN_EVERY: Final = 60.0
+RETRY_AFTER: Final = 10
+
+Submit = Callable[[PresenceMessage, int, float], "Deferred[None] | None"]
+
+
+class _Context:
+    """What the HTTP side learned before the upgrade, for the protocol it builds."""
+
+    __slots__ = ("address", "changes_only", "peer_id", "probe")
+
+    def __init__(self, address: str, peer_id: str, changes_only: bool, probe: bool) -> None:
+        self.address = address
+        self.peer_id = peer_id
+        self.changes_only = changes_only
+        self.probe = probe
+
+
+class SocketSubscriber(Subscriber):
+    """The fan-out side of one peer's socket: batches arrive as prepared text frames."""
+
+    kind = WS
+
+    __slots__ = ("socket",)
+
+    def __init__(self, hub: Hub, socket: PresenceSocket, ctx: _Context) -> None:
+        super().__init__(hub, None, ctx.address, ctx.changes_only, ctx.peer_id)
+        self.socket = socket
+
+    def _write(self, data: bytes) -> None:
+        transport = self.socket.transport
+        if transport is not None and data:
+            transport.write(data)
+
+    def deliver(self, data: bytes, chunk: bytes, latest: Callable[[], dict[str, Event]]) -> None:
+        if self.pending is None:
+            self._write(data)
+        else:
+            self.pending.update(latest())
+
+    def write(self, data: bytes) -> None:
+        if not self.paused:
+            self._write(data)
+
+    def ping(self) -> None:
+        pass  # Autobahn pings every PING_INTERVAL itself
+
+    def send_one(self, data: bytes) -> bool:
+        if self.paused or self.pending is not None:
+            return False
+        self._write(text_frame(data))
+        return True
+
+    def write_events(self, events: list[Event], preface: bytes = b"") -> None:
+        self._write(preface + b"".join(e.ws_frame for e in events))
+
+    def _stalled(self) -> None:
+        self._abort_call = None
+        self.log.info(
+            "cutting off /ws socket of {peer_id} from {address}: not reading for {seconds:.0f}s",
+            peer_id=self.peer_id,
+            address=self.address,
+            seconds=self._hub.max_pause,
+        )
+        self._hub.remove(self)
+        transport: Any = self.socket.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def close(self) -> None:
+        self._hub.remove(self)
+        self.socket.sendClose(1001, "server shutting down")
+
+
+class PresenceSocket(WebSocketServerProtocol):
+    """One peer's /ws connection."""
+
+    log = Logger()
+
+    def __init__(self, channel: WebSocketChannel, ctx: _Context) -> None:
+        super().__init__()
+        self.channel = channel
+        self.ctx = ctx
+        self.subscriber: SocketSubscriber | None = None
+        self.replaced = False
+        self.invalid = 0  # frames skipped (bad, for another peer, or over the rate)
+        self.last_warned = float("-inf")
+        self.tokens = float(BURST)
+        self.refilled = channel.reactor.seconds()
+
+    def connectionMade(self) -> None:
+        # The HTTP channel that handed us this connection is still its
+        # producer; from now on the socket's subscriber is (see opened()).
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        super().connectionMade()
+
+    def onOpen(self) -> None:
+        if self.ctx.probe:
+            self.sendClose(1000, "probe-ok")
+            return
+        self.channel.opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.channel.received(self, payload, isBinary)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.channel.closed(self)
+
+    def take_token(self, now: float) -> bool:
+        self.tokens = min(BURST, self.tokens + (now - self.refilled) * REFILL_PER_SECOND)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class _Factory(WebSocketServerFactory):
+    """Builds each socket with the context its HTTP request was checked with."""
+
+    def __init__(self, channel: WebSocketChannel) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.channel = channel
+        self.next_context: _Context | None = None
+        self.setProtocolOptions(  # type: ignore[no-untyped-call]
+            maxFramePayloadSize=MAX_BODY_BYTES,
+            maxMessagePayloadSize=MAX_BODY_BYTES,
+            autoPingInterval=PING_INTERVAL,
+            autoPingTimeout=PONG_TIMEOUT,
+            openHandshakeTimeout=HANDSHAKE_TIMEOUT,
+            closeHandshakeTimeout=1,
+        )
+
+    def buildProtocol(self, addr: Any) -> PresenceSocket:
+        ctx = self.next_context
+        if ctx is None:  # only reached through WebSocketChannel.upgrade
+            raise RuntimeError("a /ws socket was built without its request's context")
+        proto = PresenceSocket(self.channel, ctx)
+        proto.factory = self
+        return proto
+
+
+class WebSocketChannel:
+    """The ``/ws`` endpoint: HTTP checks, then the sockets and what they publish."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        board: Board,
+        hub: Hub,
+        reactor: IReactorTime,
+        submit: Submit,
+        address: Callable[[Any], str],
+    ) -> None:
+        self.board = board
+        self.hub = hub
+        self.reactor = reactor
+        self._submit = submit
+        self._address = address
+        self.sockets: dict[str, PresenceSocket] = {}
+        self.frames_accepted = 0
+        self.frames_skipped = 0
+        self._factory = _Factory(self)
+        self._resource = WebSocketResource(self._factory)  # type: ignore[no-untyped-call]
+
+    # -- HTTP side --------------------------------------------------------------
+
+    def render(self, request: Any) -> Any:
+        """GET /ws: refuse with an HTTP status, or hand the connection to Autobahn."""
+        refused = wrong_method(request, "GET")
+        if refused is not None:
+            return refused
+        args = request.args
+        address = self._address(request)
+        if args.get(b"probe", [b""])[0] in (b"1", b"true"):
+            return self._upgrade(request, _Context(address, "", False, True))
+        if not self.board.accepting:
+            return error_json(request, 503, "server is shutting down")
+        raw = args.get(b"peer_id", [b""])[0]
+        try:
+            peer_id = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return error_json(request, 400, "peer_id: not valid UTF-8")
+        if not peer_id:
+            return error_json(request, 400, "peer_id: required (/ws?peer_id=<your peer ID>)")
+        why = self.hub.refusal(address, WS)
+        if why is not None:
+            request.setHeader(b"retry-after", str(RETRY_AFTER).encode())
+            return error_json(request, 429, why)
+        if peer_id not in self.board.registry:
+            request.setResponseCode(425, b"Too Early")
+            return error_json(request, 425, "unknown peer \u2014 publish first")
+        changes_only = args.get(b"changes", [b""])[0] in (b"1", b"true")
+        return self._upgrade(request, _Context(address, peer_id, changes_only, False))
+
+    def _upgrade(self, request: Any, ctx: _Context) -> Any:
+        self._factory.next_context = ctx
+        try:
+            return self._resource.render(request)  # type: ignore[no-untyped-call]
+        finally:
+            self._factory.next_context = None
+
+    # -- sockets ----------------------------------------------------------------
+
+    def opened(self, sock: PresenceSocket) -> None:
+        ctx = sock.ctx
+        old = self.sockets.get(ctx.peer_id)
+        if old is not None:
+            # The newer socket wins; the old one leaves without an offline.
+            old.replaced = True
+            if old.subscriber is not None:
+                self.hub.remove(old.subscriber)
+            old.sendClose(1000, "replaced by a newer connection")
+        self.sockets[ctx.peer_id] = sock
+        sub = sock.subscriber = SocketSubscriber(self.hub, sock, ctx)
+        sock.transport.registerProducer(sub, True)  # type: ignore[union-attr]
+        no_delay(sock.transport)
+        self.hub.attach(sub, self.board.backlog(None, ctx.changes_only))
+
+    def received(self, sock: PresenceSocket, payload: bytes, is_binary: bool) -> None:
+        if sock.ctx.probe or sock.subscriber is None:
+            return
+        now = self.reactor.seconds()
+        if is_binary:
+            self._skip(sock, now, "binary frame (presence frames are text)")
+            return
+        if not sock.take_token(now):
+            self._skip(sock, now, f"over the rate limit ({REFILL_PER_SECOND:g} per second)")
+            return
+        peer_id = sock.ctx.peer_id
+        try:
+            message = parse_message(payload, int(now * 1000), Origin.CLIENT, peer_id)
+        except MessageError as e:
+            self._skip(sock, now, str(e))
+            return
+        if message.peer_id != peer_id:
+            self._skip(sock, now, "peerId differs from this socket's peer_id")
+            return
+        self.frames_accepted += 1
+        stored = self._submit(message, len(payload), now)
+        if stored is not None:
+            stored.addErrback(
+                lambda f: self._skip(sock, self.reactor.seconds(), f.getErrorMessage())
+            )
+
+    def _skip(self, sock: PresenceSocket, now: float, why: str) -> None:
+        sock.invalid += 1
+        self.frames_skipped += 1
+        if now - sock.last_warned >= WARN_EVERY:
+            sock.last_warned = now
+            self.log.warn(
+                "/ws {peer_id}: skipped a frame ({why}); {count} skipped on this socket",
+                peer_id=sock.ctx.peer_id,
+                why=why,
+                count=sock.invalid,
+            )
+
+    def closed(self, sock: PresenceSocket) -> None:
+        sub = sock.subscriber
+        if sub is None:
+            return  # a probe, or a handshake that never completed
+        sock.subscriber = None
+        self.hub.remove(sub)
+        peer_id = sock.ctx.peer_id
+        if self.sockets.get(peer_id) is sock:
+            del self.sockets[peer_id]
+        if sock.replaced or not self.board.accepting:
+            return
+        d = self.board.server_offline(peer_id, "its /ws socket closed", self.reactor.seconds())
+        if d is not None:
+            d.addErrback(
+                lambda f: self.log.warn(
+                    "offline for {peer_id} (socket closed) not stored: {why}",
+                    peer_id=peer_id,
+                    why=f.getErrorMessage(),
+                )
+            )
+
+    def close_all(self) -> None:
+        for sock in list(self.sockets.values()):
+            sock.replaced = True  # shutting down is not the peer leaving
+            if sock.subscriber is not None:
+                sock.subscriber.close()
