@@ -26,6 +26,12 @@ json_values = st.recursive(
             "avatarHash": json_scalars,
             "ts": json_scalars,
             "PEERID": json_scalars,
+            "addrs": json_scalars | st.lists(json_scalars, max_size=3),
+            "verified": json_scalars,
+            "videoDisabled": json_scalars,
+            "publicKey": json_scalars,
+            "target": json_scalars,
+            "unknownKey": json_scalars,
         },
     ),
     lambda children: (
@@ -37,7 +43,13 @@ json_values = st.recursive(
 # Text that survives UTF-8 (no lone surrogates), as the validator requires.
 utf8_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)))
 
-peer_ids = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=60)
+peer_ids = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=60
+).filter(lambda s: s.strip() != "")
+short_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
+addrs = st.lists(
+    st.text(alphabet="/ip4tcu0123456789.", min_size=1, max_size=40), max_size=4
+).map(tuple)
 
 
 @st.composite
@@ -53,4 +65,10 @@ def presence_messages(
         email=email,
         avatar_hash=draw(st.text(alphabet="0123456789abcdef", max_size=64)),
         ts=draw(st.integers(min_value=1, max_value=2**63 - 1)),
+        video_disabled=draw(st.booleans()),
+        active_template=draw(short_text),
+        addrs=draw(addrs),
+        public_key=draw(short_text),
+        encryption_supported=draw(st.booleans()),
+        goop_client_version=draw(short_text),
     )

@@ -9,12 +9,22 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from goop.message import (
+    FIELDS,
+    MAX_ADDR_BYTES,
+    MAX_ADDRS,
     MAX_BODY_BYTES,
     MAX_CONTENT_BYTES,
     MAX_EMAIL_BYTES,
     MAX_PEER_ID_BYTES,
+    MAX_PUBLIC_KEY_BYTES,
+    MAX_TEMPLATE_BYTES,
+    MAX_TOKEN_BYTES,
+    MAX_VERSION_BYTES,
     MessageError,
+    Origin,
     PresenceMessage,
+    PunchFromClient,
+    message_from_object,
     parse_message,
 )
 from tests.strategies import json_values, presence_messages
@@ -68,6 +78,114 @@ class WireCompatibilityTests(SynchronousTestCase):
         self.assertEqual(_parse({"type": "online", "peerId": PEER, "ts": 0}).ts, NOW)
 
 
+# Shapes goop2 peers and servers send today (GOOP2-PROTOCOL.md §1, §2, §5),
+# written out by hand from the fact sheet.
+GOOP2_ONLINE = (
+    b'{"type":"online","peerId":"12D3KooWEx4mpLe","content":"E",'
+    b'"addrs":["/ip4/10.0.0.5/tcp/4001"],"publicKey":"bmFjbC1rZXktZXhhbXBsZQ==",'
+    b'"encryptionSupported":true,"goopClientVersion":"dev","ts":1796203421127,"verified":true}'
+)
+GOOP2_FULL_UPDATE = (
+    b'{"type":"update","peerId":"12D3KooWEx4mpLe","content":"E","email":"e@example.org",'
+    b'"avatarHash":"ab12","videoDisabled":true,"activeTemplate":"blog",'
+    b'"addrs":["/ip4/192.168.1.20/tcp/4001","/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWRelay/'
+    b'p2p-circuit"],"verificationToken":"tok-123","publicKey":"bmFj","encryptionSupported":true,'
+    b'"goopClientVersion":"0.9.3","ts":1796203426127}'
+)
+GOOP2_SERVER_OFFLINE = b'{"type":"offline","peerId":"12D3KooWEx4mpLe","ts":1796203456000}'
+GOOP2_PUNCH = (
+    b'{"type":"punch","peerId":"12D3KooWAaa","target":"12D3KooWBbb",'
+    b'"addrs":["/ip4/10.0.0.7/tcp/4001"],"ts":1796203421200}'
+)
+
+
+class Goop2MessageTests(SynchronousTestCase):
+    """Today's goop2 messages: accepted, and relayed with what goop2 peers need."""
+
+    def test_goop2_online_is_accepted_and_verified_is_not_taken_from_the_client(self) -> None:
+        """The full online parses; the client's verified is ignored (the server sets it)."""
+        m = parse_message(GOOP2_ONLINE, NOW)
+        self.assertEqual(m.addrs, ("/ip4/10.0.0.5/tcp/4001",))
+        self.assertEqual(m.public_key, "bmFjbC1rZXktZXhhbXBsZQ==")
+        self.assertTrue(m.encryption_supported)
+        self.assertEqual(m.goop_client_version, "dev")
+        self.assertFalse(m.verified)
+
+    def test_every_field_is_relayed_but_the_token(self) -> None:
+        """An update with all 13 client fields: relayed with all but verificationToken."""
+        m = parse_message(GOOP2_FULL_UPDATE, NOW).stamped(verified=True)
+        out = json.loads(m.encode())
+        sent = json.loads(GOOP2_FULL_UPDATE)
+        del sent["verificationToken"]
+        self.assertEqual(out, dict(sent, verified=True))
+        self.assertEqual(list(out)[:5], ["type", "peerId", "content", "email", "avatarHash"])
+        self.assertNotIn(b"tok-123", m.encode())
+
+    def test_field_order_is_goop2s(self) -> None:
+        """Keys come out in goop2's order (FIELDS), whatever order they came in."""
+        m = message_from_object(
+            dict(reversed(list(json.loads(GOOP2_FULL_UPDATE).items()))), NOW
+        ).stamped(verified=True)
+        order = [f.wire for f in FIELDS if f.wire in json.loads(m.encode())]
+        self.assertEqual(list(json.loads(m.encode())), order)
+
+    def test_unknown_keys_are_ignored_and_not_relayed(self) -> None:
+        """Keys no version defines (goop2 adds some now and then) are dropped, not refused."""
+        m = _parse({"type": "online", "peerId": PEER, "color": "red", "nested": {"a": [1]}})
+        self.assertNotIn("color", m.encode().decode())
+        self.assertNotIn("nested", m.encode().decode())
+
+    def test_null_is_empty(self) -> None:
+        """goop2 treats null as the empty value; so do we, for every optional field."""
+        m = _parse(
+            {"type": "online", "peerId": PEER, "content": None, "addrs": None,
+             "videoDisabled": None, "ts": None}
+        )
+        self.assertEqual((m.content, m.addrs, m.video_disabled, m.ts), ("", (), False, NOW))
+
+    def test_keys_are_case_insensitive(self) -> None:
+        """PEERID, Addrs, PUBLICKEY: goop2 parses keys case-insensitively, so do we."""
+        m = _parse({"TYPE": "online", "PEERID": PEER, "Addrs": ["/a"], "PUBLICKEY": "k"})
+        self.assertEqual((m.peer_id, m.addrs, m.public_key), (PEER, ("/a",), "k"))
+
+    def test_server_offline_and_punch_parse_from_a_stream(self) -> None:
+        """A consumer reading a goop2 server takes its offline and punch (with target)."""
+        off = parse_message(GOOP2_SERVER_OFFLINE, NOW, Origin.RELAY)
+        self.assertEqual((off.type, off.ts), ("offline", 1796203456000))
+        punch = parse_message(GOOP2_PUNCH, NOW, Origin.RELAY)
+        self.assertEqual((punch.type, punch.target), ("punch", "12D3KooWBbb"))
+        self.assertEqual(punch.addrs, ("/ip4/10.0.0.7/tcp/4001",))
+
+    def test_relay_keeps_verified_and_drops_a_token(self) -> None:
+        """On a stream, verified is the server's word; a token would never be relayed."""
+        m = parse_message(
+            b'{"type":"update","peerId":"p","verified":true,"verificationToken":"x"}',
+            NOW, Origin.RELAY,
+        )
+        self.assertEqual((m.verified, m.verification_token), (True, ""))
+
+    def test_client_cannot_set_target(self) -> None:
+        """target is the server's (punch); a client's is ignored."""
+        self.assertEqual(_parse({"type": "online", "peerId": PEER, "target": "x"}).target, "")
+
+    def test_a_socket_fills_in_a_missing_peer_id(self) -> None:
+        """On /ws a frame without peerId is the socket's peer (goop2's rule)."""
+        m = parse_message(b'{"type":"update"}', NOW, Origin.CLIENT, peer_id=PEER)
+        self.assertEqual(m.peer_id, PEER)
+
+    def test_whitespace_peer_id_is_missing(self) -> None:
+        """goop2 trims before checking that peerId is there."""
+        with self.assertRaises(MessageError):
+            parse_message(b'{"type":"online","peerId":"  "}', NOW)
+
+    def test_same_state_ignores_address_order(self) -> None:
+        """Reordered addresses are not a change (goop2's addrsChanged ignores order)."""
+        a = PresenceMessage("update", PEER, addrs=("/a", "/b"))
+        b = PresenceMessage("update", PEER, ts=9, addrs=("/b", "/a"))
+        self.assertTrue(a.same_state(b))
+        self.assertFalse(a.same_state(PresenceMessage("update", PEER, addrs=("/a",))))
+
+
 class RejectionTests(SynchronousTestCase):
     def assertRejected(self, body: bytes, fragment: str) -> None:
         with self.assertRaises(MessageError) as caught:
@@ -87,11 +205,10 @@ class RejectionTests(SynchronousTestCase):
         self.assertRejected(b'{"type":"online"}', "peerId: required")
         self.assertRejected(b'{"type":"online","peerId":""}', "peerId: required")
 
-    def test_unknown_field(self) -> None:
-        """An unknown field is named in the error."""
-        self.assertRejected(
-            b'{"type":"online","peerId":"p","color":"red"}', "unknown field 'color'"
-        )
+    def test_punch_from_a_client(self) -> None:
+        """type punch is the server's alone: refused from a client, with its own error class."""
+        with self.assertRaises(PunchFromClient):
+            parse_message(b'{"type":"punch","peerId":"p","target":"q"}', NOW)
 
     def test_duplicate_field_even_in_other_case(self) -> None:
         """peerId and peerID together are a duplicate."""
@@ -101,7 +218,15 @@ class RejectionTests(SynchronousTestCase):
     def test_wrong_types(self) -> None:
         """Strings must be strings; ts an integer, not a float, bool or string."""
         self.assertRejected(b'{"type":"online","peerId":5}', "peerId: must be a string")
-        self.assertRejected(b'{"type":"online","peerId":"p","content":null}', "content")
+        self.assertRejected(b'{"type":"online","peerId":"p","content":7}', "content")
+        self.assertRejected(b'{"type":"online","peerId":"p","addrs":"x"}', "addrs: must be an")
+        self.assertRejected(b'{"type":"online","peerId":"p","addrs":[1]}', "entries must be")
+        self.assertRejected(
+            b'{"type":"online","peerId":"p","videoDisabled":"yes"}', "must be true or false"
+        )
+        self.assertRejected(
+            b'{"type":"online","peerId":"p","encryptionSupported":1}', "must be true or false"
+        )
         self.assertRejected(b'{"type":"online","peerId":"p","ts":1.5}', "ts: must be an integer")
         self.assertRejected(b'{"type":"online","peerId":"p","ts":true}', "ts: must be an integer")
         self.assertRejected(b'{"type":"online","peerId":"p","ts":"1"}', "ts: must be an integer")
@@ -150,6 +275,29 @@ class RejectionTests(SynchronousTestCase):
             self.assertRejected(too_long, f"{field}: longer than {limit} bytes")
         self.assertRejected(b" " * (MAX_BODY_BYTES + 1), "body larger than")
 
+    def test_goop2_limits_are_a_floor(self) -> None:
+        """goop2 allows 20 addrs of 256 bytes: exactly that passes, one more does not."""
+        addrs = ["/ip4/10.0.0.1/tcp/" + "1" * (MAX_ADDR_BYTES - 18)] * MAX_ADDRS
+        self.assertEqual(len(_parse({"type": "online", "peerId": PEER, "addrs": addrs}).addrs), 20)
+        self.assertRejected(
+            json.dumps({"type": "online", "peerId": PEER, "addrs": [*addrs, "/x"]}).encode(),
+            "more than 20 entries",
+        )
+        self.assertRejected(
+            json.dumps({"type": "online", "peerId": PEER, "addrs": ["/" * 257]}).encode(),
+            "longer than 256 bytes",
+        )
+        for field, limit in (
+            ("publicKey", MAX_PUBLIC_KEY_BYTES),
+            ("goopClientVersion", MAX_VERSION_BYTES),
+            ("verificationToken", MAX_TOKEN_BYTES),
+            ("activeTemplate", MAX_TEMPLATE_BYTES),
+        ):
+            self.assertRejected(
+                json.dumps({"type": "online", "peerId": PEER, field: "k" * (limit + 1)}).encode(),
+                f"{field}: longer than {limit} bytes",
+            )
+
 
 class PropertyTests(SynchronousTestCase):
     @given(json_values)
@@ -185,3 +333,14 @@ class PropertyTests(SynchronousTestCase):
                 "".join(c.upper() if f else c.lower() for c, f in zip(key, flips, strict=True))
             ] = value
         self.assertEqual(_parse(recased), m)
+
+
+class RelayPropertyTests(SynchronousTestCase):
+    @given(presence_messages(), st.booleans())
+    def test_relayed_encoding_round_trips_on_a_stream(self, m: PresenceMessage, v: bool) -> None:
+        """What the server relays parses back on a stream to the same message; a client
+        re-posting it cannot carry the server's verified along."""
+        relayed = m.stamped(verified=v)
+        self.assertEqual(parse_message(relayed.encode(), NOW, Origin.RELAY), relayed)
+        self.assertFalse(parse_message(relayed.encode(), NOW, Origin.CLIENT).verified)
+        self.assertNotIn(b"\n", relayed.encode())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Sequence
+from http import HTTPStatus
 from io import BytesIO
 from typing import Any
 
@@ -122,8 +123,16 @@ def client_address(
 JSON = b"application/json"
 
 
+def reason(code: int) -> bytes:
+    """The standard reason phrase (Twisted answers "Unknown Status" for 425 and 429)."""
+    try:
+        return HTTPStatus(code).phrase.encode("ascii")
+    except ValueError:
+        return b"Unknown Status"
+
+
 def send_json(request: Any, code: int, value: object) -> bytes:
-    request.setResponseCode(code)
+    request.setResponseCode(code, reason(code))
     request.setHeader(b"content-type", JSON)
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(value).encode()

@@ -13,7 +13,7 @@ import time
 from typing import Any, Final
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -218,7 +218,7 @@ class RendezvousService(Service):
             if loop.running:
                 loop.stop()
         self.stall_probe.stop()
-        self.web.ws.close_all()
+        sockets_closed = self.web.ws.close_all()
         self.hub.close_all()
         globalLogPublisher.removeObserver(self.logs)
         if self._previous_hup is not None:
@@ -227,7 +227,7 @@ class RendezvousService(Service):
         if self.redirecting is not None:
             self.redirecting.stopListening()
             self.redirecting = None
-        done: list[Deferred[None]] = []
+        done: list[Deferred[None]] = [sockets_closed]
         if isinstance(self.board, SharedBoard):
             done.append(self.board.stop())
         listening, self.listening = self.listening, None
@@ -238,7 +238,7 @@ class RendezvousService(Service):
             stopped = listening.stopListening()
             if stopped is not None:
                 done.append(stopped)
-        return gatherResults(done).addCallback(lambda _: None) if done else succeed(None)
+        return gatherResults(done).addCallback(lambda _: None)
 
     def _stopped_url(self, listening: IListeningPort) -> str:
         port = listening.getHost().port  # type: ignore[attr-defined]

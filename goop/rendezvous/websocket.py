@@ -33,9 +33,11 @@ from typing import Any, Final
 
 import txaio
 from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.util import create_transport_details
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from autobahn.wamp.types import TransportDetails
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.logger import Logger
 
 from goop.message import MAX_BODY_BYTES, MessageError, Origin, PresenceMessage, parse_message
@@ -127,7 +129,8 @@ class SocketSubscriber(Subscriber):
 
     def close(self) -> None:
         self._hub.remove(self)
-        self.socket.sendClose(1001, "server shutting down")
+        # Autobahn lets an application close with 1000 or 3000-4999 only.
+        self.socket.sendClose(1000, "server shutting down")
 
 
 class PresenceSocket(WebSocketServerProtocol):
@@ -145,12 +148,41 @@ class PresenceSocket(WebSocketServerProtocol):
         self.last_warned = float("-inf")
         self.tokens = float(BURST)
         self.refilled = channel.reactor.seconds()
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        # Autobahn leaves its handshake deadlines pending after the connection
+        # is gone; they would only fire into a dead socket.
+        for name in ("closeHandshakeTimeoutCall", "openHandshakeTimeoutCall"):
+            call = getattr(self, name, None)
+            if call is not None and call.active():
+                call.cancel()
+            setattr(self, name, None)
+        self.channel.connections.discard(self)
+        if not self.lost.called:
+            self.lost.callback(None)
 
     def connectionMade(self) -> None:
         # The HTTP channel that handed us this connection is still its
         # producer; from now on the socket's subscriber is (see opened()).
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-        super().connectionMade()
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        if not ISSLTransport.providedBy(transport):
+            super().connectionMade()
+            return
+        # Over TLS, Autobahn's connectionMade computes a "tls-unique" channel
+        # binding and asserts that the handle is a pyOpenSSL Connection; txsni's
+        # SNI map hands out a proxy, so it fails. Nothing here uses the channel
+        # binding (it is for WAMP authentication): describe the TCP connection
+        # underneath and carry on as Autobahn's own method does. (Marked secure,
+        # Autobahn would try the same binding again when the socket opens.)
+        details = create_transport_details(transport.transport, True)
+        details.channel_framing = TransportDetails.CHANNEL_FRAMING_WEBSOCKET
+        self._transport_details = details
+        self.peer = details.peer
+        no_delay(transport)
+        self._connectionMade()  # type: ignore[no-untyped-call]
 
     def onOpen(self) -> None:
         if self.ctx.probe:
@@ -173,6 +205,21 @@ class PresenceSocket(WebSocketServerProtocol):
         return True
 
 
+class _Timers:
+    """Autobahn's timer hook (pings, handshake deadlines) on the injected reactor.
+
+    Autobahn's default batches timers into shared buckets that outlive the
+    sockets they served (a stopped server leaves them pending) and read the
+    global reactor; plain delayed calls on our own clock do neither.
+    """
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+
+    def call_later(self, delay: float, func: Callable[..., Any], *args: Any) -> Any:
+        return self._reactor.callLater(delay, func, *args)
+
+
 class _Factory(WebSocketServerFactory):
     """Builds each socket with the context its HTTP request was checked with."""
 
@@ -180,6 +227,7 @@ class _Factory(WebSocketServerFactory):
         super().__init__()  # type: ignore[no-untyped-call]
         self.channel = channel
         self.next_context: _Context | None = None
+        self._batched_timer = _Timers(channel.reactor)
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
             maxFramePayloadSize=MAX_BODY_BYTES,
             maxMessagePayloadSize=MAX_BODY_BYTES,
@@ -187,6 +235,9 @@ class _Factory(WebSocketServerFactory):
             autoPingTimeout=PONG_TIMEOUT,
             openHandshakeTimeout=HANDSHAKE_TIMEOUT,
             closeHandshakeTimeout=1,
+            # Send the close frame (1009 for an oversized message, 1002 for a
+            # protocol error) before hanging up, so the peer learns why.
+            failByDrop=False,
         )
 
     def buildProtocol(self, addr: Any) -> PresenceSocket:
@@ -195,6 +246,7 @@ class _Factory(WebSocketServerFactory):
             raise RuntimeError("a /ws socket was built without its request's context")
         proto = PresenceSocket(self.channel, ctx)
         proto.factory = self
+        self.channel.connections.add(proto)
         return proto
 
 
@@ -216,7 +268,8 @@ class WebSocketChannel:
         self.reactor = reactor
         self._submit = submit
         self._address = address
-        self.sockets: dict[str, PresenceSocket] = {}
+        self.sockets: dict[str, PresenceSocket] = {}  # the live socket of each peer
+        self.connections: set[PresenceSocket] = set()  # every connection, probes included
         self.frames_accepted = 0
         self.frames_skipped = 0
         self._factory = _Factory(self)
@@ -247,7 +300,6 @@ class WebSocketChannel:
             request.setHeader(b"retry-after", str(RETRY_AFTER).encode())
             return error_json(request, 429, why)
         if peer_id not in self.board.registry:
-            request.setResponseCode(425, b"Too Early")
             return error_json(request, 425, "unknown peer \u2014 publish first")
         changes_only = args.get(b"changes", [b""])[0] in (b"1", b"true")
         return self._upgrade(request, _Context(address, peer_id, changes_only, False))
@@ -335,8 +387,23 @@ class WebSocketChannel:
                 )
             )
 
-    def close_all(self) -> None:
-        for sock in list(self.sockets.values()):
+    def close_all(self, timeout: float = 2.0) -> Deferred[None]:
+        """Close every socket (shutdown); fires when all are gone, aborting stragglers."""
+        lost = []
+        for sock in list(self.connections):
             sock.replaced = True  # shutting down is not the peer leaving
             if sock.subscriber is not None:
                 sock.subscriber.close()
+            elif sock.transport is not None:
+                sock.transport.loseConnection()
+            lost.append(sock.lost)
+        done: Deferred[None] = gatherResults(lost).addCallback(lambda _: None)
+
+        def abort(_: Any) -> None:
+            for sock in list(self.connections):
+                transport: Any = sock.transport
+                if transport is not None:
+                    transport.abortConnection()
+
+        late = self.reactor.callLater(timeout, abort, None)
+        return done.addBoth(lambda r: (late.cancel() if late.active() else None, r)[1])
