@@ -168,7 +168,7 @@ class PresenceSocket(WebSocketServerProtocol):
         # producer; from now on the socket's subscriber is (see opened()).
         transport: Any = self.transport
         transport.unregisterProducer()
-        if not ISSLTransport.providedBy(transport):
+        if not ISSLTransport.providedBy(self.transport):
             super().connectionMade()
             return
         # Over TLS, Autobahn's connectionMade computes a "tls-unique" channel
@@ -182,7 +182,7 @@ class PresenceSocket(WebSocketServerProtocol):
         self._transport_details = details
         self.peer = details.peer
         no_delay(transport)
-        self._connectionMade()  # type: ignore[no-untyped-call]
+        self._connectionMade()
 
     def onOpen(self) -> None:
         if self.ctx.probe:
@@ -406,4 +406,10 @@ class WebSocketChannel:
                     transport.abortConnection()
 
         late = self.reactor.callLater(timeout, abort, None)
-        return done.addBoth(lambda r: (late.cancel() if late.active() else None, r)[1])
+
+        def finished(_: object) -> None:
+            if late.active():
+                late.cancel()
+
+        done.addBoth(finished)
+        return done
