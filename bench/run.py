@@ -49,6 +49,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+WSLOAD = Path(__file__).resolve().parent / "wsload.py"
 DOCS = ROOT / "docs" / "benchmarks.md"
 DEFAULT_CELLS = ",".join(
     [f"{k}:{r}" for k in (10, 200, 1000, 5000) for r in ("k/5", "200", "max")] + ["300:200:3"]
@@ -75,6 +76,9 @@ class Proc:
         self.name = name
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.recent: deque[str] = deque(maxlen=60)
+        # False: lines are only kept in ``recent`` (a chatty server's log
+        # would otherwise pile up in the queue once nobody waits on it).
+        self.queue_lines = True
         self.p = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
@@ -96,7 +100,8 @@ class Proc:
         assert self.p.stdout is not None
         for line in self.p.stdout:
             self.recent.append(line.rstrip("\n"))
-            self.lines.put(line)
+            if self.queue_lines:
+                self.lines.put(line)
         self.lines.put(None)
 
     def send(self, line: str) -> None:
@@ -176,12 +181,15 @@ def proc_rss_kb(pid: int) -> int:
 
 
 class Server:
-    def __init__(self, args: argparse.Namespace, peer_db_path: str = "") -> None:
+    def __init__(
+        self, args: argparse.Namespace, peer_db_path: str = "", extra: tuple[str, ...] = ()
+    ) -> None:
         self.args = args
         self.proc: Proc | None = None
         self.port = 0
         self.url = ""
         self.peer_db_path = peer_db_path
+        self.extra = list(extra)  # more twistd goop options
         self._tmp = tempfile.TemporaryDirectory(prefix="goop-bench-")
 
     def start(self) -> None:
@@ -194,9 +202,11 @@ class Server:
         ]  # fmt: skip
         if self.peer_db_path:
             cmd += ["--peer-db-path", self.peer_db_path]
+        cmd += self.extra
         self.proc = Proc(cmd, "server", cwd=self._tmp.name, stderr=subprocess.STDOUT)
         m = self.proc.wait_line(URL_RE, 30)
         self.url, self.port = m.group(1), int(m.group(2))
+        self.proc.queue_lines = False  # its log from here on: only the tail, for errors
 
     @property
     def pid(self) -> int:
@@ -204,16 +214,20 @@ class Server:
         return self.proc.pid
 
     def stats(self) -> dict[str, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        out: dict[str, Any] = self.admin_json("/stats.json")
+        return out
+
+    def admin_json(self, path: str, timeout: float = 10) -> Any:
+        """GET an admin-protected JSON endpoint (``/stats.json``, ``/peers.json``)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         auth = base64.b64encode(f"admin:{ADMIN_PASSWORD}".encode()).decode()
         try:
-            conn.request("GET", "/stats.json", headers={"Authorization": f"Basic {auth}"})
+            conn.request("GET", path, headers={"Authorization": f"Basic {auth}"})
             resp = conn.getresponse()
             body = resp.read()
             if resp.status != 200:
-                raise RuntimeError(f"/stats.json answered {resp.status}: {body[:200]!r}")
-            out: dict[str, Any] = json.loads(body)
-            return out
+                raise RuntimeError(f"{path} answered {resp.status}: {body[:200]!r}")
+            return json.loads(body)
         finally:
             conn.close()
 
@@ -386,6 +400,21 @@ def run_cell(
     }
 
 
+def start_profile(args: argparse.Namespace, pid: int, name: str, seconds: float) -> Proc | None:
+    """With ``--py-spy DIR``: sample the server for ``seconds`` (py-spy on the generator's
+    core, not pausing the server), into DIR/NAME.txt as collapsed stacks."""
+    if not args.py_spy:
+        return None
+    spy = Path(sys.executable).parent / "py-spy"
+    out = Path(args.py_spy) / f"{name}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        "taskset", "-c", args.gen_core, str(spy), "record", "--nonblocking", "--format", "raw",
+        "--rate", "250", "-d", str(max(1, round(seconds))), "-p", str(pid), "-o", str(out),
+    ]  # fmt: skip
+    return Proc(cmd, "py-spy", stderr=subprocess.STDOUT)
+
+
 def run_steady(args: argparse.Namespace, n: int, changes: bool, index: int) -> dict[str, Any]:
     """N peers heartbeating every 5 s (1 message in 100 a change), S subscribers."""
     rate = n / 5
@@ -396,6 +425,7 @@ def run_steady(args: argparse.Namespace, n: int, changes: bool, index: int) -> d
     servers: list[Server] = []
     sub: Proc | None = None
     pub: Proc | None = None
+    spy: Proc | None = None
     try:
         servers = start_servers(args, 1, "")
         server = servers[0]
@@ -420,6 +450,9 @@ def run_steady(args: argparse.Namespace, n: int, changes: bool, index: int) -> d
             raise RuntimeError(f"only {ready.get('ready')}/{subs} subscribers connected: {ready}")
         server.check_alive()
         server.stats()  # starts a new stall window
+        spy = start_profile(
+            args, server.pid, f"steady-{n}-{'changes' if changes else 'classic'}", seconds
+        )
         cpu0 = proc_cpu_s(server.pid)
         t0 = time.monotonic()
         sub.send("go")
@@ -435,8 +468,10 @@ def run_steady(args: argparse.Namespace, n: int, changes: bool, index: int) -> d
         server.check_alive()
         rss = proc_rss_kb(server.pid)
         sub.send("quit")
+        if spy is not None:
+            spy.p.wait(30)
     finally:
-        stop_procs([pub, sub], servers)
+        stop_procs([pub, sub, spy], servers)
 
     window = sres["go_to_drain_s"] or pub_wall
     nbytes = sres["bytes_at_drain"]
@@ -466,6 +501,136 @@ def run_steady(args: argparse.Namespace, n: int, changes: bool, index: int) -> d
         "gen_cpu_pct": round(100 * gen_cpu / wall, 1),
         "register_s": registered.get("register_s"),
         "subs_closed": sres["closed"],
+        "wall_s": round(wall, 2),
+    }
+
+
+def run_ws(args: argparse.Namespace, n: int, index: int) -> dict[str, Any]:
+    """N peers on /ws (changes-only sockets) heartbeating every 5 s, S changes-only SSE
+    streams; and, on the way, the RSS cost of the N sockets while idle."""
+    subs = args.ws_subs
+    seconds = args.ws_seconds
+    interval = 5.0
+    py = sys.executable
+    gen = ["taskset", "-c", args.gen_core, py]
+    extra = (
+        "--max-websockets", "0", "--max-websockets-per-ip", "0",
+        "--ttl-seconds", str(args.ws_ttl),
+    )  # fmt: skip
+    servers: list[Server] = []
+    ws: Proc | None = None
+    sub: Proc | None = None
+    spy: Proc | None = None
+    try:
+        server = Server(args, extra=extra)
+        servers = [server]
+        server.start()
+        server.stats()
+        ws_cmd = [
+            *gen, str(WSLOAD), "--port", str(server.port), "--n", str(n),
+            "--prefix", f"ws-{index}-", "--frames", args.ws_frames,
+            "--interval", str(interval), "--connect-timeout", str(args.ws_open_timeout),
+        ]  # fmt: skip
+        ws = Proc(ws_cmd, "ws peers", stdin=True)
+        registered = ws.read_json(180)
+        if registered.get("registered") != n:
+            raise RuntimeError(f"registered {registered.get('registered')}/{n} peers")
+        time.sleep(1.0)  # the registering connections are closed; let the server settle
+        server.check_alive()
+        rss0 = proc_rss_kb(server.pid)
+        ws.send("open")
+        opened = ws.read_json(args.ws_open_timeout + 60)
+        if opened.get("open") != n:
+            raise RuntimeError(f"only {opened.get('open')}/{n} sockets open: {opened}")
+        time.sleep(1.0)
+        server.check_alive()
+        idle = server.stats()
+        rss1 = proc_rss_kb(server.pid)
+        if idle["peers"] != n or idle["subscribers"] != n:
+            raise RuntimeError(
+                f"server counts {idle['peers']} peers, {idle['subscribers']} subscribers; "
+                f"expected {n} of each"
+            )
+        sub_cmd = [
+            *gen, str(LOADGEN),
+            "subscribe", "--port", str(server.port), "--k", str(subs), "--steady", "--changes",
+            "--expect-peers", str(n),
+            "--drain-max", str(args.drain_max), "--drain-idle", str(args.drain_idle),
+        ]  # fmt: skip
+        sub = Proc(sub_cmd, "subscribers", stdin=True)
+        ready = sub.read_json(120)
+        if ready.get("ready") != subs:
+            raise RuntimeError(f"only {ready.get('ready')}/{subs} subscribers connected: {ready}")
+        ws.send("go")
+        ws.read_json(10)
+        # Every peer heartbeats at least once before the window, and the
+        # server's pings (every 5 s per socket) are in their cycle.
+        time.sleep(args.ws_warmup)
+        server.check_alive()
+        stats0 = server.stats()  # starts a new stall window
+        ws.send("stats")
+        g0 = ws.read_json(10)
+        sub.send("go")
+        sub.read_json(10)
+        spy = start_profile(args, server.pid, f"ws-{n}", seconds)
+        cpu0 = proc_cpu_s(server.pid)
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        cpu1 = proc_cpu_s(server.pid)
+        wall = time.monotonic() - t0
+        stats1 = server.stats()
+        ws.send("stats")
+        g1 = ws.read_json(10)
+        sub.send("drain {}")
+        sres = sub.read_json(args.drain_max + 60)
+        server.check_alive()
+        rss2 = proc_rss_kb(server.pid)
+        # Every peer's heartbeats reach the server: each was heard within the
+        # last interval (plus slack), and none went offline.
+        rows = server.admin_json("/peers.json", timeout=60)
+        now = time.time()
+        prefix = f"ws-{index}-"
+        mine = [r for r in rows if r["peer_id"].startswith(prefix)]
+        fresh = sum(1 for r in mine if now - r["last_seen"] <= interval + 2.0)
+        ws.send("quit")
+        sub.send("quit")
+        if spy is not None:
+            spy.p.wait(30)
+    finally:
+        stop_procs([ws, sub, spy], servers)
+
+    g_wall = g1["t"] - g0["t"]
+    accepted = stats1["event_head"] - stats0["event_head"]
+    gen_cpu = g1["cpu_s"] - g0["cpu_s"] + sres["cpu_s"]
+    return {
+        "mode": "ws",
+        "peers": n,
+        "subscribers": subs,
+        "seconds": seconds,
+        "target_per_s": n / interval,
+        "heartbeats_per_s": round((g1["heartbeats"] - g0["heartbeats"]) / g_wall, 1),
+        "accepted_per_s": round(accepted / wall, 1),
+        "pongs_per_s": round((g1["pongs"] - g0["pongs"]) / g_wall, 1),
+        "server_cpu_pct": round(100 * (cpu1 - cpu0) / wall, 1),
+        "stall_ms": stats1["window_max_stall_ms"],
+        "gc_ms": stats1.get("window_max_gc_ms", 0.0),
+        "rss_before_kb": rss0,
+        "rss_idle_kb": rss1,
+        "rss_kb": rss2,
+        "rss_per_socket_kb": round((rss1 - rss0) / n, 2),
+        "peers_fresh": fresh,
+        "peers_end": len(mine),
+        "sockets_closed": g1["closed"],
+        "hb_partial": g1["hb_partial"],
+        "hb_late_max_s": g1["late_max_s"],
+        "sse_bytes_per_s": round(sres["bytes_at_drain"] / max(1e-9, sres["go_to_drain_s"])),
+        "sse_events": sres["events"],
+        "sse_closed": sres["closed"],
+        "gen_cpu_pct": round(100 * gen_cpu / wall, 1),
+        "register_s": registered.get("register_s"),
+        "handshakes_s": opened.get("handshakes_s"),
+        "open_s": opened.get("open_s"),
+        "snapshot_bytes": opened.get("bytes_in"),
         "wall_s": round(wall, 2),
     }
 
@@ -558,9 +723,36 @@ def steady_table(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(out) + "\n"
 
 
+def ws_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| peers on /ws | SSE subscribers (changes) | heartbeats/s sent / accepted "
+        "| pongs/s | server CPU % of one core | longest stall ms | RSS per idle socket KB "
+        "| server RSS MB: registered / sockets open / end | peers heard in the last 7 s "
+        "| generator CPU % |\n"
+        "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|\n"
+    )
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['peers']:,} | failed: {r['error']} |||||||||")
+            continue
+        mb = "{:.0f} / {:.0f} / {:.0f}".format(
+            r["rss_before_kb"] / 1024, r["rss_idle_kb"] / 1024, r["rss_kb"] / 1024
+        )
+        out.append(
+            f"| {r['peers']:,} | {r['subscribers']} "
+            f"| {_fmt(r['heartbeats_per_s'])} / {_fmt(r['accepted_per_s'])} "
+            f"| {_fmt(r['pongs_per_s'])} | {_fmt(r['server_cpu_pct'])} | {_fmt(r['stall_ms'])} "
+            f"| {_fmt(r['rss_per_socket_kb'])} | {mb} | {r['peers_fresh']:,} / {r['peers']:,} "
+            f"| {_fmt(r['gen_cpu_pct'])} |"
+        )
+    return head + "\n".join(out) + "\n"
+
+
 def targets(rows: list[dict[str, Any]]) -> str:
     steady = [r for r in rows if r.get("mode") == "steady"]
-    rows = [r for r in rows if r.get("mode") != "steady" and r.get("instances", 1) == 1]
+    ws = [r for r in rows if r.get("mode") == "ws"]
+    rows = [r for r in rows if r.get("mode") not in ("steady", "ws") and r.get("instances", 1) == 1]
 
     def cell(k: int, rate: str) -> dict[str, Any] | None:
         for r in rows:
@@ -604,6 +796,7 @@ def targets(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(heavy['stall_ms'])} ms (target ≤ 50: "
             f"{'met' if heavy['stall_ms'] <= 50 else 'NOT met'})"
         )
+    http_cpu: dict[int, float] = {}
     for r in steady:
         if "error" not in r and r["peers"] == 10000 and r["stream"] == "changes":
             ok = r["server_cpu_pct"] < 20
@@ -612,6 +805,27 @@ def targets(rows: list[dict[str, Any]]) -> str:
                 f"{_fmt(r['server_cpu_pct'])}% of one core (target < 20%: "
                 f"{'met' if ok else 'NOT met'})"
             )
+        if "error" not in r and r["stream"] == "changes":
+            http_cpu[r["peers"]] = r["server_cpu_pct"]
+    for r in ws:
+        if "error" in r:
+            continue
+        ok = r["server_cpu_pct"] < 20
+        vs = ""
+        if r["peers"] in http_cpu and r["server_cpu_pct"] > 0:
+            h = http_cpu[r["peers"]]
+            ratio = h / r["server_cpu_pct"]
+            vs = f"; the same peers over HTTP POST in this run: {_fmt(h)}% ({ratio:.1f}x)"
+        lines.append(
+            f"- {r['peers']:,} peers heartbeating over /ws, {r['subscribers']} changes-only "
+            f"subscribers: server {_fmt(r['server_cpu_pct'])}% of one core (target < 20%: "
+            f"{'met' if ok else 'NOT met'}){vs}; longest stall {_fmt(r['stall_ms'])} ms"
+        )
+        ok = r["rss_per_socket_kb"] <= 20
+        lines.append(
+            f"- Idle /ws socket ({r['peers']:,} open): {_fmt(r['rss_per_socket_kb'])} KB of "
+            f"server RSS each (target ≤ 20: {'met' if ok else 'NOT met'})"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -660,11 +874,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--max-depth", type=int, default=1, help="max cells: requests in flight per connection"
     )
-    p.add_argument(
-        "--steady", default="1000,10000", help="steady-state peer counts ('' = none)"
-    )
+    p.add_argument("--steady", default="1000,10000", help="steady-state peer counts ('' = none)")
     p.add_argument("--steady-seconds", type=float, default=15.0)
     p.add_argument("--steady-subs", type=int, default=100)
+    p.add_argument("--ws", default="10000", help="peer counts heartbeating over /ws ('' = none)")
+    p.add_argument("--ws-seconds", type=float, default=15.0, help="/ws: measured seconds")
+    p.add_argument("--ws-subs", type=int, default=100, help="/ws: changes-only SSE streams")
+    p.add_argument(
+        "--ws-warmup", type=float, default=7.0, help="/ws: heartbeating before the window"
+    )
+    p.add_argument(
+        "--ws-ttl", type=int, default=600,
+        help="/ws: the server's ttl_seconds (the registrations must outlive opening the sockets)",
+    )  # fmt: skip
+    p.add_argument("--ws-open-timeout", type=float, default=400.0)
+    p.add_argument("--ws-frames", choices=("scan", "exact"), default="scan")
+    p.add_argument(
+        "--py-spy", default="", help="DIR: profile the server in steady and /ws windows (py-spy)"
+    )
     p.add_argument("--drain-max", type=float, default=10.0)
     p.add_argument("--drain-idle", type=float, default=2.0)
     p.add_argument("--server-core", default="0")
@@ -688,15 +915,18 @@ def main(argv: list[str] | None = None) -> int:
 
     cells = parse_cells(args.cells)
     steady = [int(n) for n in args.steady.split(",") if n.strip()]
-    need = max([k for k, _, _ in cells] + [args.steady_subs]) + 200
+    ws_counts = [int(n) for n in args.ws.split(",") if n.strip()]
+    need = max([k for k, _, _ in cells] + [args.steady_subs] + ws_counts) + 200
     if hard < need:
         log(f"warning: RLIMIT_NOFILE hard limit {hard} < {need}; large cells may fail")
     info = machine()
     jobs: list[tuple[str, Any]] = [("cell", c) for c in cells]
     jobs += [("steady", (n, changes)) for n in steady for changes in (True, False)]
+    jobs += [("ws", n) for n in ws_counts]
     log(
         f"{len(cells)} cells ({args.seconds:g} s each), {2 * len(steady)} steady-state runs "
-        f"({args.steady_seconds:g} s each); {info['nproc']} CPUs, {info['cpu']}"
+        f"({args.steady_seconds:g} s each), {len(ws_counts)} /ws runs "
+        f"({args.ws_seconds:g} s each); {info['nproc']} CPUs, {info['cpu']}"
     )
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -707,12 +937,17 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"cell {i + 1}/{len(jobs)}: K={k} rate={rate} instances={inst}")
                 fail: dict[str, Any] = {"k": k, "rate": rate, "instances": inst}
                 row = run_cell(args, k, rate, i, inst)
-            else:
+            elif kind == "steady":
                 n, changes = spec
                 stream = "changes" if changes else "classic"
                 log(f"steady {i + 1}/{len(jobs)}: {n} peers, {stream} streams")
                 fail = {"mode": "steady", "peers": n, "stream": stream}
                 row = run_steady(args, n, changes, i)
+            else:
+                n = spec
+                log(f"ws {i + 1}/{len(jobs)}: {n} peers on /ws, {args.ws_subs} SSE streams")
+                fail = {"mode": "ws", "peers": n}
+                row = run_ws(args, n, i)
         except KeyboardInterrupt:
             log("interrupted; server and generator stopped")
             break
@@ -727,13 +962,21 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(line + "\n")
     elapsed = time.monotonic() - started
 
-    grid = [r for r in rows if r.get("mode") != "steady"]
+    grid = [r for r in rows if r.get("mode") not in ("steady", "ws")]
     steady_rows = [r for r in rows if r.get("mode") == "steady"]
+    ws_rows = [r for r in rows if r.get("mode") == "ws"]
     md = table(grid) if grid else ""
     if steady_rows:
         md += (
             f"\nSteady state: each peer heartbeats every 5 s (1 message in 100 changes its "
             f"content), {args.steady_seconds:g} s per run.\n\n" + steady_table(steady_rows)
+        )
+    if ws_rows:
+        md += (
+            f"\nSteady state over `/ws`: each peer sends its heartbeat (nothing changes) as a "
+            f"text frame on its own changes-only socket every 5 s and answers the server's "
+            f"pings; {args.ws_subs} changes-only SSE streams watch; {args.ws_seconds:g} s "
+            f"measured after {args.ws_warmup:g} s of heartbeats.\n\n" + ws_table(ws_rows)
         )
     print()
     print(md)

@@ -116,18 +116,39 @@ def build_service(config: Config, reactor: Any = None) -> MultiService:
     return root
 
 
+def _sse_factory(reactor: Any, post: Any, http: Any, self_id: str) -> Any:
+    """Builds the /events consumer a link falls back to (a fresh one each time)."""
+    from goop.presence.consumer import EventStreamConsumer
+
+    def make(on_message: Any, on_managed: Any, on_punch: Any) -> Any:
+        return EventStreamConsumer(
+            reactor,
+            _url_of(post),
+            on_message,
+            http,
+            name=post.name,
+            on_managed=on_managed,
+            self_id=self_id,
+            on_punch=on_punch,
+        )
+
+    return make
+
+
 def _add_peer_services(root: MultiService, config: Config, reactor: Any, rendezvous: Any) -> None:
     from goop.identity import IdentityError, load_or_create
     from goop.peertable import PeerTable
-    from goop.presence.consumer import EventStreamConsumer
+    from goop.presence.link import RendezvousLink
     from goop.presence.node import (
         HttpClientService,
         IdentityService,
         PeerTableService,
+        PunchDialer,
         SelfPresence,
     )
     from goop.presence.publisher import Channel, PresencePublisher, RendezvousChannel
     from goop.presence.tlsclient import RendezvousTrust
+    from goop.presence.wsclient import AutobahnConnector
     from goop.viewer.service import ViewerService
 
     try:
@@ -144,25 +165,33 @@ def _add_peer_services(root: MultiService, config: Config, reactor: Any, rendezv
     http = HttpClientService(reactor, trust)
     parts: list[Any] = [IdentityService(identity, created), PeerTableService(reactor, table), http]
 
-    channels: list[Channel] = []
+    posts: list[RendezvousChannel] = []
     if rendezvous is not None:
-        channels.append(
+        posts.append(
             RendezvousChannel("local", lambda: _loopback_url(rendezvous, trust), http.client)
         )
     if presence.rendezvous_wan:
         wan = presence.rendezvous_wan
-        channels.append(RendezvousChannel("wan", lambda: wan, http.client))
-    for channel in channels:
-        consumer = EventStreamConsumer(
+        posts.append(RendezvousChannel("wan", lambda: wan, http.client))
+    # One link per rendezvous: /ws when it has one, else /events + POST. Each
+    # is the publisher's channel there, so heartbeats ride the socket.
+    punch = PunchDialer()
+    connector = AutobahnConnector(reactor, trust)
+    channels: list[Channel] = []
+    for post in posts:
+        link = RendezvousLink(
             reactor,
-            _url_of(channel),
-            _feeder(table, channel.name, reactor),
-            http.client,
-            name=channel.name,
-            on_managed=_manager(table, channel.name),
+            post,
+            identity.peer_id,
+            connector,
+            _sse_factory(reactor, post, http.client, identity.peer_id),
+            _feeder(table, post.name, reactor),
+            _manager(table, post.name),
+            on_punch=punch,
         )
-        consumer.setName(f"events-{channel.name}")  # type: ignore[no-untyped-call]
-        parts.append(consumer)
+        link.setName(f"link-{post.name}")  # type: ignore[no-untyped-call]
+        parts.append(link)
+        channels.append(link.channel)
     for part in parts:
         part.setServiceParent(root)
     parts = []
@@ -172,16 +201,18 @@ def _add_peer_services(root: MultiService, config: Config, reactor: Any, rendezv
         from goop.p2p import add_lan_services
 
         # Attached before the publisher, so the publisher stops first and its
-        # offline still goes out on the LAN topic.
-        lan = add_lan_services(root, config, reactor, identity, table, me)
+        # offline still goes out on the LAN topic. Once libp2p listens, our
+        # presence carries its addresses: sent at once, not at the next beat.
+        lan = add_lan_services(
+            root, config, reactor, identity, table, me, punch, lambda: publisher.refresh()
+        )
     if not channels and not lan:
         log.warn(
             "goop: no rendezvous configured (rendezvous_host / rendezvous_wan) and LAN "
             "discovery is off (p2p.enabled false): this peer will see no one"
         )
-    parts.append(
-        PresencePublisher(reactor, me.message, channels + lan, presence.heartbeat_seconds)
-    )
+    publisher = PresencePublisher(reactor, me.message, channels + lan, presence.heartbeat_seconds)
+    parts.append(publisher)
     viewer = config.viewer
     parts.append(ViewerService(reactor, viewer.viewer_host, viewer.viewer_port, table, me.current))
     for part in parts:

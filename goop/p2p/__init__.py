@@ -7,6 +7,7 @@ zeroconf. docs/lan.md describes the whole.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -66,13 +67,23 @@ class _ContentCheck:
 
 
 def add_lan_services(
-    root: Any, config: Any, reactor: Any, identity: Any, table: Any, me: Any
+    root: Any,
+    config: Any,
+    reactor: Any,
+    identity: Any,
+    table: Any,
+    me: Any,
+    punch: Any = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> list[Any]:
     """Attach the libp2p adapter (and the mDNS bridge) to ``root``.
 
     Returns the publisher channels they provide (``lan``), so the caller can
     hand them to the publisher; call this before the publisher is attached,
     so the publisher stops (and says ``offline`` on the topic) first.
+    From then on ``me`` publishes the adapter's addresses, ``punch`` (a
+    `goop.presence.node.PunchDialer`) dials through it, and ``on_ready`` is
+    called once the host listens (our presence has addresses now).
     """
     from goop.p2p.adapter import Libp2pAdapter
 
@@ -95,6 +106,16 @@ def add_lan_services(
     )
     adapter.setName("libp2p")  # type: ignore[no-untyped-call]
     adapter.setServiceParent(root)  # type: ignore[no-untyped-call]
+    me.addrs = adapter.advertised_addrs
+    if punch is not None:
+        punch.dialer = adapter
+    if on_ready is not None:
+        ready = on_ready
+
+        def listening(_: Any) -> None:
+            ready()
+
+        adapter.when_ready().addCallbacks(listening, lambda f: None)
     table.add_observer(_ContentCheck(adapter))
     if p2p.mdns_enabled:
         from goop.p2p.mdns import MdnsBridge

@@ -35,7 +35,7 @@ from goop.message import (
     PunchFromClient,
     parse_message,
 )
-from goop.netaddrs import interface_addresses
+from goop.netaddrs import interface_addresses, presence_addrs
 from goop.p2p.trio_bridge import Mode, shared_bridge
 
 CONTENT_PROTOCOL: Final = "/goop/content/1.0.0"
@@ -46,6 +46,10 @@ FETCH_TIMEOUT: Final = 5.0
 SERVE_TIMEOUT: Final = 10.0
 DIAL_TIMEOUT: Final = 10.0
 STOP_TIMEOUT: Final = 5.0
+# How long the interface list behind our published addresses is reused.
+ADDRS_REFRESH: Final = 30.0
+# Most addresses one dial (a punch hint) tries.
+MAX_DIAL_ADDRS: Final = 20
 # After a dial: long enough for GossipSub to learn the new peer's subscriptions.
 REPUBLISH_DELAY: Final = 0.5
 # go-libp2p's heartbeat; py-libp2p's default (120 s) would delay the mesh.
@@ -58,6 +62,10 @@ class ContentError(Exception):
 
 class AdapterNotReady(Exception):
     """The libp2p host is not running (yet, or any more)."""
+
+
+class DialError(Exception):
+    """A dial could not even be tried (a bad peer ID, no usable address)."""
 
 
 class _ToTwistedLog(logging.Handler):
@@ -167,6 +175,8 @@ class Libp2pAdapter(Service):
         self._last: PresenceMessage | None = None
         self._acquired = False
         self._republish: IDelayedCall | None = None
+        self._interfaces: list[str] = []
+        self._interfaces_at = float("-inf")
 
     # --- Twisted side --------------------------------------------------------
 
@@ -209,6 +219,21 @@ class Libp2pAdapter(Service):
         d: Deferred[list[str]] = Deferred()
         self._waiting.append(d)
         return d
+
+    def advertised_addrs(self) -> list[str]:
+        """What our presence says we listen on: ``/ip4/<ip>/tcp/<port>``, LAN addresses
+        (loopback only when there is nothing else); empty until the host listens.
+
+        The interface list is read again at most every `ADDRS_REFRESH` seconds,
+        so a new DHCP lease shows up without costing a syscall per heartbeat.
+        """
+        if not self.addrs or not self.port:
+            return []
+        now = self.reactor.seconds()
+        if now - self._interfaces_at >= ADDRS_REFRESH:
+            self._interfaces = interface_addresses()
+            self._interfaces_at = now
+        return presence_addrs(self.listen_host, self.port, self._interfaces)
 
     def _fire_ready(self, result: Any) -> None:
         waiting, self._waiting = self._waiting, []
@@ -270,12 +295,28 @@ class Libp2pAdapter(Service):
         """
         d = self._call(self._connect, multiaddr)
         d.addTimeout(DIAL_TIMEOUT, self.reactor)
+        return d.addCallback(self._connected)
 
-        def connected(_: None) -> None:
-            if self._republish is None or not self._republish.active():
-                self._republish = self.reactor.callLater(REPUBLISH_DELAY, self._publish_again)
+    def dial(self, peer_id: str, addrs: list[str] | tuple[str, ...]) -> Deferred[None]:
+        """Connect to ``peer_id`` at any of ``addrs`` (a rendezvous's punch hint).
 
-        return d.addCallback(connected)
+        Each address is a multiaddr with or without ``/p2p/<peer_id>``; ones
+        that do not parse, name another peer, or need a relay
+        (``/p2p-circuit``) are skipped. Fails with `DialError` when nothing
+        is left to try, else with libp2p's reason or a timeout. Once connected,
+        our presence goes out again shortly, as after `connect`.
+        """
+        if peer_id == self.peer_id:
+            d: Deferred[None] = Deferred()
+            d.errback(DialError("that is our own peer ID"))
+            return d
+        d = self._call(self._dial, peer_id, [str(a) for a in addrs[:MAX_DIAL_ADDRS]])
+        d.addTimeout(DIAL_TIMEOUT, self.reactor)
+        return d.addCallback(self._connected)
+
+    def _connected(self, _: None) -> None:
+        if self._republish is None or not self._republish.active():
+            self._republish = self.reactor.callLater(REPUBLISH_DELAY, self._publish_again)
 
     def _publish_again(self) -> None:
         self._republish = None
@@ -405,6 +446,33 @@ class Libp2pAdapter(Service):
         if info.peer_id == self._host.get_id():
             return
         await self._host.connect(info)
+
+    async def _dial(self, peer_id: str, addrs: list[str]) -> None:
+        import multiaddr
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        try:
+            pid = ID.from_base58(peer_id)
+        except Exception:
+            raise DialError(f"not a peer ID: {peer_id[:80]!r}") from None
+        usable = []
+        for text in addrs:
+            try:
+                addr = multiaddr.Multiaddr(text)
+                names = [p.name for p in addr.protocols()]
+                if "p2p-circuit" in names:
+                    continue
+                if "p2p" in names:
+                    if addr.value_for_protocol("p2p") != peer_id:
+                        continue
+                    addr = addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_id}"))
+            except Exception:
+                continue
+            usable.append(addr)
+        if not usable:
+            raise DialError("no address we can dial directly")
+        await self._host.connect(PeerInfo(pid, usable))
 
     async def _peers(self) -> list[str]:
         return [p.to_base58() for p in self._host.get_connected_peers()]

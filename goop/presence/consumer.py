@@ -13,6 +13,7 @@ import json
 import random
 from collections.abc import Callable
 from typing import Any, Final
+from urllib.parse import quote
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -128,6 +129,9 @@ class EventStreamConsumer(Service):
         # goop servers then skip heartbeats that change nothing (and say so in a
         # header); others ignore the parameter and send everything.
         url = self.url + "/events?changes=1"
+        if self.self_id:
+            # A goop server then sends this stream the punch hints meant for us.
+            url += "&peer_id=" + quote(self.self_id, safe="")
         d = self._http.get(url, headers=headers, unbuffered=True, timeout=CONNECT_TIMEOUT)
         self._request = d
         d.addCallbacks(self._response, self._lost)

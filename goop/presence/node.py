@@ -1,26 +1,34 @@
 """Small services a full peer is assembled from: identity, table upkeep, HTTP client.
 
-Also `SelfPresence` (what this peer says about itself) and
-`SequentialMultiService`, which stops its children one at a time in reverse
-order so the publisher's ``offline`` still reaches the peer's own rendezvous.
+Also `SelfPresence` (what this peer says about itself), `PunchDialer` (what
+it does with a rendezvous's punch hint) and `SequentialMultiService`, which
+stops its children one at a time in reverse order so the publisher's
+``offline`` still reaches the peer's own rendezvous.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
+from goop import __version__
 from goop.identity import Identity
 from goop.message import PresenceMessage
 from goop.peertable import PeerTable, PeerView
 
 EXPIRE_INTERVAL: Final = 1.0
+# What goop says it runs, in goop2's goopClientVersion field.
+CLIENT_VERSION: Final = f"goop/{__version__}"
+# Punch hints dialled at once; more are dropped (a hint is only a hint).
+MAX_PUNCH_DIALS: Final = 16
 
 
 class SequentialMultiService(MultiService):
@@ -37,7 +45,12 @@ class SequentialMultiService(MultiService):
 
 
 class SelfPresence:
-    """The presence message this peer publishes, built fresh each time."""
+    """The presence message this peer publishes, built fresh each time.
+
+    ``addrs`` says where libp2p can reach us (set by the LAN services once the
+    host exists; nothing without libp2p); every message carries it, offline
+    included, as goop2's do.
+    """
 
     def __init__(self, reactor: IReactorTime, identity: Identity, content: str, email: str):
         self.reactor = reactor
@@ -45,6 +58,8 @@ class SelfPresence:
         self.content = content
         self.email = email
         self.avatar_hash = ""
+        self.client_version = CLIENT_VERSION
+        self.addrs: Callable[[], Sequence[str]] = tuple
         self.last: PresenceMessage = self.message("online")
 
     def message(self, kind: str) -> PresenceMessage:
@@ -55,11 +70,74 @@ class SelfPresence:
             self.email,
             self.avatar_hash,
             int(self.reactor.seconds() * 1000),
+            addrs=tuple(self.addrs()),
+            goop_client_version=self.client_version,
         )
         return self.last
 
     def current(self) -> PresenceMessage:
         return self.last
+
+
+class Dialer(Protocol):
+    """What a punch hint needs from the libp2p adapter."""
+
+    def dial(self, peer_id: str, addrs: tuple[str, ...]) -> Deferred[None]: ...
+
+
+class PunchDialer:
+    """A rendezvous's punch hint for us: dial the other peer at the addresses it gave.
+
+    The hint says another peer just published new addresses and is dialling
+    us now; dialling back at the same moment is what opens both NATs. One log
+    line per hint. Without libp2p (``dialer`` None) the hint is logged and
+    dropped. A peer already being dialled, or more than `MAX_PUNCH_DIALS` at
+    once, is skipped: hints come from a server and are only hints.
+    """
+
+    log = Logger()
+
+    def __init__(self, dialer: Dialer | None = None) -> None:
+        self.dialer = dialer
+        self.dialling: set[str] = set()
+
+    def __call__(self, hint: PresenceMessage) -> None:
+        peer_id = hint.peer_id
+        addrs = " ".join(hint.addrs) or "(no address)"
+        if self.dialer is None:
+            self.log.info(
+                "punch hint: {peer_id} at {addrs}; ignored (libp2p is off)",
+                peer_id=peer_id,
+                addrs=addrs,
+            )
+            return
+        if peer_id in self.dialling or len(self.dialling) >= MAX_PUNCH_DIALS:
+            self.log.info(
+                "punch hint: {peer_id} at {addrs}; skipped (already dialling)",
+                peer_id=peer_id,
+                addrs=addrs,
+            )
+            return
+        self.dialling.add(peer_id)
+        d = self.dialer.dial(peer_id, hint.addrs)
+
+        def done(result: Any) -> None:
+            self.dialling.discard(peer_id)
+            if isinstance(result, Failure):
+                self.log.info(
+                    "punch hint: could not reach {peer_id} at {addrs}: {why}",
+                    peer_id=peer_id,
+                    addrs=addrs,
+                    why=result.getErrorMessage() or type(result.value).__name__,
+                )
+            else:
+                self.log.info(
+                    "punch hint: connected to {peer_id} (at {addrs})",
+                    peer_id=peer_id,
+                    addrs=addrs,
+                )
+
+        d.addBoth(done)
 
 
 class IdentityService(Service):

@@ -122,6 +122,11 @@ class PresencePublisher(Service):
         super().startService()  # type: ignore[no-untyped-call]
         self._loop.start(self.heartbeat_seconds, now=True)
 
+    def refresh(self) -> None:
+        """Send our presence now rather than at the next heartbeat (it changed)."""
+        if self.running:
+            self._beat()
+
     def _beat(self) -> None:
         for target in self._targets:
             # A target still sending or waiting to retry will send the newest

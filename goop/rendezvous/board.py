@@ -37,6 +37,11 @@ class Board:
         self.hints_sent = 0
         hub.on_batch = self._count_sent
 
+    @property
+    def healthy(self) -> str | None:
+        """None while publishes can be stored, else why not (``/healthz`` says 503)."""
+        return None if self.accepting else "stopping"
+
     def _count_sent(self, batch: list[Event], subscribers: int) -> None:
         if not subscribers:
             return

@@ -30,7 +30,14 @@ from goop.message import (
 from goop.ratelimit import SlidingWindowLimiter
 from goop.rendezvous import pages
 from goop.rendezvous.board import Board
-from goop.rendezvous.http import Network, client_address, error_json, send_json, wrong_method
+from goop.rendezvous.http import (
+    Network,
+    client_address,
+    error_json,
+    reason,
+    send_json,
+    wrong_method,
+)
 from goop.rendezvous.keys import KeyDirectory, KeyRefused, parse_key_post
 from goop.rendezvous.shared import DatabaseUnavailable
 from goop.rendezvous.websocket import WebSocketChannel
@@ -258,9 +265,10 @@ class RendezvousApp:
             return refused
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        if not self.board.accepting:
-            request.setResponseCode(503)
-            return b"stopping\n"
+        why = self.board.healthy
+        if why is not None:
+            request.setResponseCode(503, reason(503))
+            return why.encode("utf-8", "replace") + b"\n"
         return b"ok\n"
 
     @app.route("/", branch=False)
