@@ -84,6 +84,12 @@ class PresenceConfig:
     max_subscribers_per_ip: int = 64
     max_websockets: int = 20000
     max_websockets_per_ip: int = 256
+    max_peers: int = 50000
+    max_peers_per_ip: int = 256
+    max_connections_per_ip: int = 512
+    request_timeout: int = 10
+    idle_timeout: int = 60
+    ipv6_prefix: int = 64
     rendezvous_tls_dir: str = ""
     rendezvous_redirect_port: int = 0
     rendezvous_ca_file: str = ""
@@ -267,6 +273,39 @@ CLI_OPTIONS: Final[tuple[CliOption, ...]] = (
         "presence.max_websockets_per_ip",
         False,
         "Most /ws sockets per client address (0 = unlimited).",
+    ),
+    CliOption(
+        "max-peers", "presence.max_peers", False, "Most peers online at once (0 = unlimited)."
+    ),
+    CliOption(
+        "max-peers-per-ip",
+        "presence.max_peers_per_ip",
+        False,
+        "Most peers one client address may register (0 = unlimited).",
+    ),
+    CliOption(
+        "max-connections-per-ip",
+        "presence.max_connections_per_ip",
+        False,
+        "Most open TCP connections per client address (0 = unlimited).",
+    ),
+    CliOption(
+        "request-timeout",
+        "presence.request_timeout",
+        False,
+        "Seconds a client has to send a whole request once it starts one.",
+    ),
+    CliOption(
+        "idle-timeout",
+        "presence.idle_timeout",
+        False,
+        "Seconds a keep-alive connection may sit idle between requests.",
+    ),
+    CliOption(
+        "ipv6-prefix",
+        "presence.ipv6_prefix",
+        False,
+        "Per-address limits count IPv6 clients by this prefix length (default 64).",
     ),
     CliOption(
         "rendezvous-tls-dir",
@@ -601,8 +640,14 @@ def _validate(values: dict[str, object], origin: Mapping[str, _Origin]) -> None:
         "presence.max_subscribers_per_ip",
         "presence.max_websockets",
         "presence.max_websockets_per_ip",
+        "presence.max_peers",
+        "presence.max_peers_per_ip",
+        "presence.max_connections_per_ip",
     ):
         _check_range(label(name), number(name), 0, MAX_LIMIT, " (0 = unlimited)")
+    for name in ("presence.request_timeout", "presence.idle_timeout"):
+        _check_range(label(name), number(name), 1, 3600, " seconds")
+    _check_range(label("presence.ipv6_prefix"), number("presence.ipv6_prefix"), 1, 128)
 
     tls_dir = text("presence.rendezvous_tls_dir")
     if tls_dir and not (os.path.isdir(tls_dir) and _access(tls_dir, os.R_OK | os.X_OK)):

@@ -183,7 +183,7 @@ def test_untrusted_rendezvous_is_refused_and_logged(
     )
     line = peer.wait_for_line(r"publishing to wan failed \((.*)\)", timeout=10)
     assert expected in line.group(1), line.group(0)
-    peer.wait_for_line(rf"cannot subscribe to {url}/events \(.*{expected}", timeout=10)
+    peer.wait_for_line(rf"cannot subscribe to {url}/ws \(.*{expected}", timeout=10)
     assert "online" not in "\n".join(x for x in rv.lines if "peer 12D3" in x)
 
 
@@ -286,3 +286,9 @@ def test_plain_http_redirect_port(tmp_path: Path, ca: trustme.CA, procs: list[Go
     resp = conn.getresponse()
     assert resp.status == 308
     assert resp.getheader("Location") == f"https://localhost:{port}/events?x=1"
+    # A forged Host never picks the redirect's target: our certificate's name does.
+    conn = http.client.HTTPConnection("127.0.0.1", redirect, timeout=5)
+    conn.request("GET", "/x", headers={"Host": "evil.example:666"})
+    resp = conn.getresponse()
+    assert resp.status == 308
+    assert resp.getheader("Location") == f"https://localhost:{port}/x"

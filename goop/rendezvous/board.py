@@ -12,13 +12,30 @@ from typing import Final
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from goop.logsafe import safe
 from goop.message import PresenceMessage
+from goop.rendezvous.backlog import Backlog
 from goop.rendezvous.eventlog import Event, EventLog
 from goop.rendezvous.fanout import Hub
 from goop.rendezvous.punch import PunchPlanner, brings_new_addrs
 from goop.rendezvous.registry import Change, PeerRegistry
 
 PRUNE_INTERVAL: Final = 5.0
+# Peers expired per reactor turn (about 5 ms); the rest in the next turns.
+PRUNE_SLICE: Final = 1000
+# Expiries logged one by one per slice; past this, one summary line.
+LOG_EACH_EXPIRY: Final = 20
+# Retry-After (seconds) when the peer table or an address's share of it is full.
+FULL_RETRY_AFTER: Final = 30
+
+
+class Refused(Exception):
+    """A publish refused by a limit on state: HTTP status, reason, Retry-After."""
+
+    def __init__(self, status: int, why: str, retry_after: int) -> None:
+        super().__init__(why)
+        self.status = status
+        self.retry_after = retry_after
 
 
 class Board:
@@ -34,6 +51,11 @@ class Board:
         # closed /ws socket); shared mode applies the event later, so it waits here.
         self._why_left: dict[str, str] = {}
         self.punch = PunchPlanner()
+        # Limits on state (0 = none): peers in the table, new peers per address.
+        self.max_peers = 0
+        self.max_peers_per_ip = 0
+        self._owner: dict[str, str] = {}  # peer ID -> the address key that registered it
+        self._owned: dict[str, int] = {}  # address key -> peers it registered
         self.hints_sent = 0
         hub.on_batch = self._count_sent
 
@@ -77,14 +99,15 @@ class Board:
         event.changed = change is not Change.REFRESHED
         if change is Change.APPEARED:
             self.log.info(
-                "peer {peer_id} online ({kind} message, content {content!r})",
-                peer_id=message.peer_id,
+                "peer {peer_id} online ({kind} message, content {content})",
+                peer_id=safe(message.peer_id),
                 kind=message.type,
-                content=message.content,
+                content=safe(message.content, quote=True),
             )
         elif change is Change.LEFT:
+            self._release(event.peer_id)
             why = self._why_left.pop(event.peer_id, "offline message")
-            self.log.info("peer {peer_id} offline ({why})", peer_id=message.peer_id, why=why)
+            self.log.info("peer {peer_id} offline ({why})", peer_id=safe(message.peer_id), why=why)
         self.hub.publish(event)
         if self.hub.by_peer and brings_new_addrs(message, previous):
             self._hint(message, now)
@@ -96,33 +119,86 @@ class Board:
         for recipient, hint in plan:
             self.hints_sent += self.hub.send_to(recipient, hint.encode())
 
-    def prune(self, now: float) -> list[str]:
-        """Expire peers silent for ``ttl`` seconds; each gets an ``offline`` event."""
-        gone = []
-        for entry in self.registry.expired(now, self.ttl):
+    def prune(self, now: float, limit: int = PRUNE_SLICE) -> list[str]:
+        """Expire up to ``limit`` peers silent for ``ttl`` seconds; each gets an ``offline``
+        event. Call again (next reactor turn) while `prune_pending` says more are due:
+        100,000 peers expiring at once must not freeze the server for a second."""
+        gone: list[str] = []
+        for entry in self.registry.expired(now, self.ttl, limit):
             self.registry.remove(entry.message.peer_id)
+            self._release(entry.message.peer_id)
             old = entry.message
             offline = old.offline(int(now * 1000))
             self.hub.publish(self.events.append(old.peer_id, offline.encode()))
             self._why_left.pop(old.peer_id, None)
+            if len(gone) < LOG_EACH_EXPIRY:
+                self.log.info(
+                    "peer {peer_id} offline (expired: silent for {silent:.0f}s, ttl {ttl}s)",
+                    peer_id=safe(old.peer_id),
+                    silent=now - entry.last_seen,
+                    ttl=self.ttl,
+                )
+            gone.append(old.peer_id)
+        if len(gone) > LOG_EACH_EXPIRY:
             self.log.info(
-                "peer {peer_id} offline (expired: silent for {silent:.0f}s, ttl {ttl}s)",
-                peer_id=old.peer_id,
-                silent=now - entry.last_seen,
+                "{more} more peers expired (silent for {ttl}s or more)",
+                more=len(gone) - LOG_EACH_EXPIRY,
                 ttl=self.ttl,
             )
-            gone.append(old.peer_id)
         return gone
 
-    def backlog(self, last_event_id: str | None, changes_only: bool = False) -> list[Event]:
-        """What a new subscriber gets first: a replay when possible, else the snapshot."""
+    def prune_pending(self, now: float) -> bool:
+        """True when an expired peer is still in the table (the slice ran out)."""
+        return bool(self.registry.expired(now, self.ttl, 1))
+
+    # -- limits on state ------------------------------------------------------
+
+    def admit(self, message: PresenceMessage, key: str) -> None:
+        """Raise `Refused` when a message would register a peer past a limit.
+
+        Only a new peer is counted: updates and offlines of a registered peer
+        always pass. ``key`` is the client's address as limits see it
+        (`goop.rendezvous.http.limit_key`).
+        """
+        peer_id = message.peer_id
+        if message.type == "offline" or peer_id in self.registry or peer_id in self._owner:
+            return
+        if self.max_peers and len(self.registry) >= self.max_peers:
+            raise Refused(
+                503, f"server is at its peer limit ({self.max_peers})", FULL_RETRY_AFTER
+            )
+        per_ip = self.max_peers_per_ip
+        if per_ip and self._owned.get(key, 0) >= per_ip:
+            raise Refused(
+                429, f"too many peers registered from {key} (limit {per_ip})", FULL_RETRY_AFTER
+            )
+        self._owner[peer_id] = key
+        self._owned[key] = self._owned.get(key, 0) + 1
+
+    def _release(self, peer_id: str) -> None:
+        key = self._owner.pop(peer_id, None)
+        if key is None:
+            return
+        left = self._owned[key] - 1
+        if left:
+            self._owned[key] = left
+        else:
+            del self._owned[key]
+
+    def forget_unregistered(self) -> None:
+        """Drop claims of peers that never made it into the table (a failed store write)."""
+        for peer_id in [p for p in self._owner if p not in self.registry]:
+            self._release(peer_id)
+
+    def backlog(self, last_event_id: str | None, changes_only: bool = False) -> Backlog:
+        """What a new subscriber gets first: a replay when possible, else the snapshot.
+
+        A cursor, handed out slice by slice as the stream drains (see `Backlog`).
+        """
+        last: int | None = None
         if last_event_id is not None:
             try:
                 last = int(last_event_id.strip())
             except ValueError:
                 last = None
-            if last is not None:
-                missed = self.events.since(last)
-                if missed is not None:
-                    return [e for e in missed if e.changed] if changes_only else missed
-        return self.registry.snapshot()
+        return Backlog(self.events, self.registry, last, changes_only)

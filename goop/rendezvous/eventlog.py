@@ -76,6 +76,32 @@ class EventLog:
         self._ring.append(event)
         return event
 
+    def index_after(self, last_id: int) -> int | None:
+        """Ring index of the first event after ``last_id`` (len() when none yet), or
+        None when the ring no longer holds (or never held) every event after it."""
+        ring = self._ring
+        if last_id > self.head:
+            return None
+        if last_id == self.head:
+            return len(ring)
+        if not ring or last_id < ring[0].id - 1:
+            return None
+        start = last_id - ring[0].id + 1
+        if start < len(ring) and ring[start].id == last_id + 1:
+            return start
+        # Ids with gaps (a shared store's rolled-back inserts): search.
+        lo, hi = 0, len(ring)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ring[mid].id <= last_id:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def at(self, index: int) -> Event:
+        return self._ring[index]
+
     def since(self, last_id: int) -> list[Event] | None:
         """Events after ``last_id``, or None when they are no longer all here.
 

@@ -30,6 +30,7 @@ from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from goop.rendezvous.backlog import SLICE_BYTES, Backlog, ListBacklog
 from goop.rendezvous.eventlog import Event
 from goop.sse import OK_COMMENT, PING_COMMENT, format_event
 
@@ -73,6 +74,7 @@ class Subscriber:
         "_direct",
         "_hub",
         "address",
+        "backlog",
         "changes_only",
         "done",
         "paused",
@@ -97,6 +99,8 @@ class Subscriber:
         self.peer_id = peer_id
         self.paused = False
         self.pending: dict[str, Event] | None = None
+        # The snapshot or replay still owed, written a slice per drain.
+        self.backlog: Backlog | None = None
         self._abort_call: IDelayedCall | None = None
         # The TCP transport to send chunks to directly, or None (see `_direct_transport`).
         self._direct: Any = None
@@ -176,10 +180,23 @@ class Subscriber:
         # stall the reactor. Until then new events keep coalescing into it.
         self._hub.drain_later(self)
 
+    def frame_size(self, event: Event) -> int:
+        return len(event.frame)
+
     def drain(self) -> None:
-        """Write the coalesced backlog (oldest first) and go back to live writes."""
+        """Write the next slice of the backlog; when it is spent, the events coalesced
+        meanwhile (oldest first), and go back to live writes."""
         if self.paused:
             return
+        backlog = self.backlog
+        if backlog is not None:
+            events = backlog.take(SLICE_BYTES, self.frame_size)
+            if events:
+                self.write_events(events)
+            if not backlog.done:
+                self._hub.drain_later(self)  # the next slice in a later turn
+                return
+            self.backlog = None
         pending, self.pending = self.pending, None
         if pending:
             ordered = sorted(pending.values(), key=lambda e: e.id)
@@ -430,7 +447,7 @@ class Hub:
         self,
         request: Any,
         address: str,
-        backlog: list[Event],
+        backlog: Backlog | list[Event],
         changes_only: bool = False,
         peer_id: str = "",
     ) -> Subscriber:
@@ -442,13 +459,22 @@ class Hub:
         sub._direct = sub._direct_transport()
         return sub
 
-    def attach(self, sub: Subscriber, backlog: list[Event], preface: bytes = b"") -> None:
-        """Start live delivery to ``sub`` after writing ``preface`` and ``backlog``."""
+    def attach(
+        self, sub: Subscriber, backlog: Backlog | list[Event], preface: bytes = b""
+    ) -> None:
+        """Start delivery to ``sub``: ``preface`` now, ``backlog`` slice by slice as the
+        socket drains (live events meanwhile coalesce per peer), then live events."""
         # Anything still batched is already in ``backlog`` (which was read from
         # the current state): cut it now, for everyone but the newcomer.
         self._cut()
-        if preface or backlog:
-            sub.write_events(backlog, preface)
+        if isinstance(backlog, list):
+            backlog = ListBacklog(backlog)
+        if preface:
+            sub.write_events([], preface)
+        if not backlog.done:
+            sub.backlog = backlog
+            sub.pending = {}
+            self.drain_later(sub)
         self.subscribers.add(sub)
         self.counts[sub.kind] += 1
         counts = self._per_address(sub.kind)
@@ -462,6 +488,7 @@ class Hub:
         self.subscribers.discard(sub)
         sub._cancel_abort()
         sub.pending = None
+        sub.backlog = None
         self.counts[sub.kind] -= 1
         counts = self._per_address(sub.kind)
         left = counts[sub.address] - 1

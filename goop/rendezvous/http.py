@@ -13,8 +13,11 @@ import json
 from collections.abc import Sequence
 from http import HTTPStatus
 from io import BytesIO
-from typing import Any
+from typing import Any, Final
 
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -69,18 +72,143 @@ class BoundedRequest(Request):
         self.channel.loseConnection()  # type: ignore[no-untyped-call]
 
 
+DEFAULT_REQUEST_TIMEOUT: Final = 10.0
+DEFAULT_IDLE_TIMEOUT: Final = 60.0
+
+
+class GuardedChannel(HTTPChannel):
+    """An HTTP connection with a deadline per request and a place in the per-address count.
+
+    Twisted's own timeout restarts with every byte received, so a client
+    sending one header byte every 20 s kept its connection forever. Here a
+    request must be complete (head and body) within ``request_timeout`` of
+    its first byte, or the client gets 408 and is disconnected; between
+    requests the idle timeout (Twisted's, set from the site) applies. A
+    request being answered (an ``/events`` stream) has neither: streams are
+    kept alive by their pings.
+    """
+
+    request_timeout = DEFAULT_REQUEST_TIMEOUT
+    _deadline: IDelayedCall | None = None
+    _key: str | None = None  # this connection's slot in the site's per-address count
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._deadline is None and not self._handlingRequest:
+            self._deadline = self.callLater(  # type: ignore[no-untyped-call]
+                self.request_timeout, self._too_slow
+            )
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def allContentReceived(self) -> None:
+        self._cancel_deadline()
+        super().allContentReceived()  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._cancel_deadline()
+        site = getattr(self, "site", None)
+        if self._key is not None and isinstance(site, QuietSite):
+            site.connection_closed(self._key)
+            self._key = None
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        transport = self.transport
+        if transport is None:
+            return
+        body = json.dumps(
+            {"error": f"request not complete within {self.request_timeout:g} s"}
+        ).encode()
+        transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.timeoutConnection()  # type: ignore[no-untyped-call]  # close; abort if the client does not read it either
+
+
+class _TooMany(Protocol):
+    """Answers a connection over the per-address cap with 503 and hangs up."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def connectionMade(self) -> None:
+        body = json.dumps({"error": self.why}).encode()
+        assert self.transport is not None
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Retry-After: 10\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body)
+        )
+        self.transport.loseConnection()
+
+
 class QuietSite(Site):
-    """A Site that writes no access log line per request (heartbeats would flood it)."""
+    """A Site that writes no access log line per request (heartbeats would flood it),
+    with a cap on open connections per client address and a per-request deadline."""
 
     requestFactory = BoundedRequest
+    protocol = GuardedChannel  # type: ignore[assignment]  # plain HTTP/1.1, no HTTP/2
+    max_connections_per_ip = 0
+    request_timeout = DEFAULT_REQUEST_TIMEOUT
+    ipv6_prefix = 64
+    trusted: tuple[Network, ...] = ()
+    refused_connections = 0
+
+    def __init__(self, resource: IResource, **kw: Any) -> None:
+        super().__init__(resource, **kw)  # type: ignore[no-untyped-call]
+        self.connections: dict[str, int] = {}
+
+    def buildProtocol(self, addr: Any) -> Any:
+        host = getattr(addr, "host", "")
+        key = limit_key(host, self.ipv6_prefix)
+        cap = self.max_connections_per_ip
+        exempt = not cap or _in_any(host, self.trusted)
+        if not exempt and self.connections.get(key, 0) >= cap:
+            self.refused_connections += 1
+            return _TooMany(f"too many connections from {key} (limit {cap})")
+        channel = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        channel.request_timeout = self.request_timeout
+        if not exempt:
+            channel._key = key
+            self.connections[key] = self.connections.get(key, 0) + 1
+        return channel
+
+    def connection_closed(self, key: str) -> None:
+        left = self.connections.get(key, 0) - 1
+        if left > 0:
+            self.connections[key] = left
+        else:
+            self.connections.pop(key, None)
 
     def log(self, request: Any) -> None:
         pass
 
 
-def make_site(resource: IResource) -> QuietSite:
-    site = QuietSite(resource)  # type: ignore[no-untyped-call]
+def make_site(
+    resource: IResource,
+    *,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    max_connections_per_ip: int = 0,
+    ipv6_prefix: int = 64,
+    trusted: Sequence[Network] = (),
+    reactor: Any = None,
+) -> QuietSite:
+    kw: dict[str, Any] = {"timeout": idle_timeout}
+    if reactor is not None:
+        kw["reactor"] = reactor
+    site = QuietSite(resource, **kw)
     site.requestFactory = BoundedRequest
+    site.request_timeout = request_timeout
+    site.max_connections_per_ip = max_connections_per_ip
+    site.ipv6_prefix = ipv6_prefix
+    site.trusted = tuple(trusted)
     site.noisy = False  # no "Starting factory" lines; the service logs its URL
     return site
 
@@ -95,6 +223,24 @@ def _in_any(address: str, networks: Sequence[Network]) -> bool:
     except ValueError:
         return False
     return any(ip in net for net in networks)
+
+
+def limit_key(address: str, ipv6_prefix: int = 64) -> str:
+    """The key every per-address limit counts a client under.
+
+    IPv4: the address. IPv6: its /``ipv6_prefix`` network, since one host
+    often holds a whole /64 (2^64 addresses to rotate through); an IPv4
+    address mapped into IPv6 counts as itself.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/{ipv6_prefix}", strict=False))
+    return address
 
 
 def client_address(

@@ -91,9 +91,22 @@ class PeerRegistry:
         self._peers[peer_id] = entry
         return change
 
-    def expired(self, now: float, ttl: float) -> list[PeerEntry]:
-        """Peers silent for ``ttl`` seconds or more (not removed; see `remove`)."""
-        return [e for e in self._peers.values() if now - e.last_seen >= ttl]
+    def expired(self, now: float, ttl: float, limit: int = 0) -> list[PeerEntry]:
+        """Up to ``limit`` (0: all) peers silent for ``ttl`` seconds or more, oldest first
+        (not removed; see `remove`).
+
+        The table is ordered by each peer's latest event, which is the order of
+        last-heard times, so the stale peers are a prefix: the scan stops at the
+        first peer still alive and costs what it finds, not the table's size.
+        """
+        out = []
+        for entry in self._peers.values():
+            if now - entry.last_seen < ttl:
+                break
+            out.append(entry)
+            if len(out) == limit:
+                break
+        return out
 
     def remove(self, peer_id: str) -> PeerEntry | None:
         return self._peers.pop(peer_id, None)

@@ -44,13 +44,21 @@ class _RedirectToHTTPS(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, https_port: Any) -> None:
+    def __init__(self, https_port: Any, tls: ReloadableSNI) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._https_port = https_port
+        self._tls = tls
 
     def render(self, request: Any) -> bytes:
-        host = (request.getRequestHostname() or b"localhost").decode("ascii", "replace")
-        target = f"https://{_url_host(host)}:{self._https_port()}{request.uri.decode('latin-1')}"
+        # Never the Host header as sent: it would let anyone who can reach this
+        # port build a redirect to a host of their choosing. A name we hold a
+        # certificate for is kept; anything else goes to our public name.
+        asked = (request.getRequestHostname() or b"").decode("ascii", "replace").lower()
+        host = asked if asked in self._tls.names and asked != "default" else self._tls.public_name
+        path = request.uri.decode("latin-1")
+        if not path.startswith("/") or path.startswith("//"):
+            path = "/"
+        target = f"https://{_url_host(host)}:{self._https_port()}{path}"
         request.setResponseCode(308)
         request.setHeader(b"location", target.encode("latin-1", "replace"))
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -82,27 +90,45 @@ class RendezvousService(Service):
             self.board = Board(
                 self.hub, config.ttl_seconds, first_event_id=int(time.time() * 1e6)
             )
+        self.board.max_peers = config.max_peers
+        self.board.max_peers_per_ip = config.max_peers_per_ip
         self.stall_probe = StallProbe(reactor)
+        # Raises TLSSetupError naming the file when the directory cannot be served.
+        self.tls = ReloadableSNI(config.rendezvous_tls_dir) if config.rendezvous_tls_dir else None
+        trusted = parse_networks(config.trusted_proxies)
         self.web = RendezvousApp(
             self.board,
             reactor,
             admin_password=config.admin_password,
             publish_rate_limit=config.publish_rate_limit,
-            trusted_proxies=parse_networks(config.trusted_proxies),
+            trusted_proxies=trusted,
             logs=self.logs,
             connect_urls=lambda: connect_urls(config.rendezvous_bind, self.port or 0),
             stats=self.stall_probe.take,
+            ipv6_prefix=config.ipv6_prefix,
+            server_names=self.tls.names if self.tls is not None else (),
         )
-        self.site = make_site(self.web.resource())
+        self.site = self._site(self.web.resource())
         self.listening: IListeningPort | None = None
         self.redirecting: IListeningPort | None = None
-        # Raises TLSSetupError naming the file when the directory cannot be served.
-        self.tls = ReloadableSNI(config.rendezvous_tls_dir) if config.rendezvous_tls_dir else None
         self._previous_hup: Any = None
+        self._pruning: Any = None
         self._pruner = LoopingCall(self._prune)
         self._pruner.clock = reactor
         self._pinger = LoopingCall(self.hub.ping)
         self._pinger.clock = reactor
+
+    def _site(self, resource: Any) -> Any:
+        config = self.config
+        return make_site(
+            resource,
+            idle_timeout=config.idle_timeout,
+            request_timeout=config.request_timeout,
+            max_connections_per_ip=config.max_connections_per_ip,
+            ipv6_prefix=config.ipv6_prefix,
+            trusted=parse_networks(config.trusted_proxies),
+            reactor=self.reactor,
+        )
 
     @property
     def port(self) -> int | None:
@@ -133,7 +159,7 @@ class RendezvousService(Service):
         self.listening = self._bind(port, factory, "presence.rendezvous_port / --rendezvous-port")
         redirect = self.config.rendezvous_redirect_port
         if redirect and self.tls is not None:
-            plain = make_site(_RedirectToHTTPS(lambda: self.port))
+            plain = self._site(_RedirectToHTTPS(lambda: self.port, self.tls))
             self.redirecting = self._bind(
                 redirect, plain, "presence.rendezvous_redirect_port / --rendezvous-redirect-port"
             )
@@ -204,12 +230,29 @@ class RendezvousService(Service):
         # Guarded: an exception would otherwise stop the LoopingCall for good.
         try:
             now = self.reactor.seconds()
-            self.board.prune(now)
+            if self._pruning is None:
+                self._prune_slice()
             self.board.punch.prune(now)
             self.web.limiter.prune(now)
             self.web.keys.prune(now, self.board.registry)
+            self.web.logins.prune(now)
         except Exception:
             self.log.failure("pruning failed; will retry in {interval}s", interval=PRUNE_INTERVAL)
+
+    def _prune_slice(self) -> None:
+        """Expire one slice of stale peers; the next slice in the next reactor turn."""
+        self._pruning = None
+        if not self.running:
+            return
+        now = self.reactor.seconds()
+        try:
+            self.board.prune(now)
+            more = self.board.prune_pending(now)
+        except Exception:
+            self.log.failure("pruning failed; will retry in {interval}s", interval=PRUNE_INTERVAL)
+            return
+        if more:
+            self._pruning = self.reactor.callLater(0, self._prune_slice)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -217,6 +260,9 @@ class RendezvousService(Service):
         for loop in (self._pruner, self._pinger):
             if loop.running:
                 loop.stop()
+        if self._pruning is not None and self._pruning.active():
+            self._pruning.cancel()
+        self._pruning = None
         self.stall_probe.stop()
         sockets_closed = self.web.ws.close_all()
         self.hub.close_all()

@@ -7,32 +7,88 @@ instances see the same events, in the same order, with the same ids.
 
 SQLite runs on one dedicated thread per instance; the reactor thread only
 hands work over and takes results back, so a busy or locked database delays
-the database work, never the event loop. A failing database is logged and
-retried (publishes answer 503 meanwhile); the instance keeps serving.
+the database work, never the event loop.
+
+A publish waits for the database a bounded time, never in an open-ended
+queue: at most `PUBLISH_DEADLINE` seconds in all (queue and lock together),
+then 503 with ``Retry-After``. While the store is failing (a write failed:
+locked, read-only, damaged), while a database call has been stuck for more
+than `STUCK_AFTER` seconds, while `MAX_WAITING` publishes already wait, or
+once the file was deleted or replaced under the instance, publishes are
+refused at once and `healthy` says why (``/healthz`` answers 503). A small
+probe write every `PROBE_INTERVAL` seconds finds out when the store works
+again. A deleted or replaced file is final: the instance keeps serving its
+streams but refuses publishes until it is restarted, rather than writing on
+into an orphaned inode no other instance reads.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any, Final
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from goop.message import MessageError, Origin, PresenceMessage, message_from_object
 from goop.rendezvous.board import Board
 from goop.rendezvous.fanout import Hub
-from goop.rendezvous.store import EventRow, SQLiteStore, StoreError
+from goop.rendezvous.store import EventRow, SQLiteStore, StoreError, StoreReplaced
 
 TAIL_INTERVAL: Final = 0.02
+# Longest a publish waits for the database, queue and lock together, before 503.
+PUBLISH_DEADLINE: Final = 1.0
+# A database call running longer than this: new publishes are refused at once.
+STUCK_AFTER: Final = 1.0
+# Publishes queued for the database thread beyond which new ones are refused at once.
+MAX_WAITING: Final = 1000
+# SQLite busy timeouts (ms): tail and prune; the recovery probe.
+OP_BUSY_MS: Final = 1000
+PROBE_BUSY_MS: Final = 100
+# While failing, how often a probe write checks whether the store works again.
+PROBE_INTERVAL: Final = 1.0
+# How often the tail also checks that the path still names the file opened.
+IDENTITY_INTERVAL: Final = 1.0
 
 
 class DatabaseUnavailable(Exception):
     """The store refused a write; the publisher should retry."""
+
+
+class _GivenUp(Exception):
+    """A queued publish whose deadline passed before the database thread reached it."""
+
+
+class _Ticket:
+    """One queued publish: the database thread claims it or the reactor gives
+    up on it, never both, so a 503 is never stored and a 204 never dropped."""
+
+    __slots__ = ("_lock", "_state", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline  # time.monotonic()
+        self._lock = threading.Lock()
+        self._state = "waiting"
+
+    def _move(self, to: str) -> bool:
+        with self._lock:
+            if self._state != "waiting":
+                return False
+            self._state = to
+            return True
+
+    def claim(self) -> bool:
+        return self._move("running")
+
+    def give_up(self) -> bool:
+        return self._move("given up")
 
 
 def _offline_from(peer_id: str, data: bytes, now: float) -> bytes:
@@ -43,12 +99,17 @@ def _offline_from(peer_id: str, data: bytes, now: float) -> bytes:
         return PresenceMessage("offline", peer_id, ts=int(now * 1000)).encode()
 
 
+def _reason(failure: Failure) -> str:
+    return " ".join(failure.getErrorMessage().split()) or type(failure.value).__name__
+
+
 class SharedBoard(Board):
     log = Logger()
 
     def __init__(self, hub: Hub, ttl_seconds: float, path: str, reactor: IReactorTime) -> None:
         self.store = SQLiteStore(path)
-        # Opening checks the file: a locked or damaged one stops startup here.
+        # Opening checks the file: a locked, damaged or unwritable one stops
+        # startup here, with one line (StoreError).
         self.store.open()
         self.reactor = reactor
         peers, head = self.store.snapshot(reactor.seconds(), ttl_seconds)
@@ -61,80 +122,209 @@ class SharedBoard(Board):
         self.cursor = head
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="goop-sqlite")
         self._tailing: Deferred[None] | None = None
-        self._tail_loop = LoopingCall(self._tail)
+        self._tail_loop = LoopingCall(self._tick)
         self._tail_loop.clock = reactor
-        self._failing = False
+        self._closing = False
+        self._pruning = False
+        self._probing = False
+        self._next_probe = 0.0
+        self._next_identity_check = 0.0
+        # Set on the database thread while it runs a call (time.monotonic()).
+        self._busy_since: float | None = None
+        self._waiting = 0  # publishes handed to the database thread, not yet back
+        self._failing: str | None = None  # why the store fails, until a write works
+        self._orphaned: str | None = None  # what became of the file; final
         self.restored = len(self.registry)
 
     # -- the database thread --------------------------------------------------
 
     def _in_db(self, f: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, self._pool, f, *args)  # type: ignore[arg-type]
+        return deferToThreadPool(
+            self.reactor, self._pool, self._timed, f, *args  # type: ignore[arg-type]
+        )
+
+    def _timed(self, f: Any, *args: Any) -> Any:
+        self._busy_since = time.monotonic()
+        try:
+            return f(*args)
+        finally:
+            self._busy_since = None
+
+    def _check_identity(self) -> None:
+        problem = self.store.identity_problem()
+        if problem is not None:
+            raise StoreReplaced(problem)
 
     def start(self) -> None:
+        if self.store.created:
+            self.log.warn(
+                "peer database {path} did not exist: created a new, empty one (instances "
+                "still running on a deleted file at that path must be restarted)",
+                path=self.store.path,
+            )
         self._pool.start()
         self._tail_loop.start(TAIL_INTERVAL, now=True)
 
     def stop(self) -> Deferred[None]:
+        """Stop tailing; close the database on its own thread after queued work."""
         if self._tail_loop.running:
             self._tail_loop.stop()
-        pending = self._tailing
-
-        def close(_: object = None) -> None:
-            self._pool.stop()
+        self._closing = True
+        if not self._pool.started:
             self.store.close()
+            return succeed(None)
+        d = self._in_db(self.store.close)
 
-        if pending is not None:
-            return pending.addBoth(close)
-        close()
-        d: Deferred[None] = Deferred()
-        d.callback(None)
-        return d
+        def stop_pool(result: object) -> None:
+            self._pool.stop()  # idle by now: its last call was the close
+            if isinstance(result, Failure):
+                self.log.warn("closing the peer database: {why}", why=_reason(result))
+
+        return d.addBoth(stop_pool)
 
     # -- writes -----------------------------------------------------------------
 
+    def _refusal(self) -> str | None:
+        """Why publishes are refused at once (None: hand them to the database)."""
+        if self._orphaned is not None:
+            return f"peer database file {self._orphaned}; restart this instance"
+        if self._failing is not None:
+            return f"peer database failing: {self._failing}"
+        since = self._busy_since
+        if since is not None and time.monotonic() - since > STUCK_AFTER:
+            return f"peer database busy for {time.monotonic() - since:.1f}s"
+        if self._waiting >= MAX_WAITING:
+            return f"peer database backlog: {self._waiting} publishes waiting"
+        return None
+
+    @property
+    def healthy(self) -> str | None:
+        return super().healthy or self._refusal()
+
     def accept(self, message: PresenceMessage, nbytes: int, now: float) -> Deferred[None]:
+        refused = self._refusal()
+        if refused is not None:
+            return fail(DatabaseUnavailable(f"the peer database is unavailable ({refused})"))
+        ticket = _Ticket(time.monotonic() + PUBLISH_DEADLINE)
+        result: Deferred[None] = Deferred()
+        self._waiting += 1
         d = self._in_db(
-            self.store.append, message.peer_id, message.type, message.encode(), now, nbytes
+            self._append, ticket, message.peer_id, message.type, message.encode(), now, nbytes
         )
+        timer = self.reactor.callLater(PUBLISH_DEADLINE, self._give_up, ticket, result)
+
+        def finished(outcome: object) -> object:
+            self._waiting -= 1
+            if timer.active():
+                timer.cancel()
+            return outcome
 
         def written(_: EventRow) -> None:
             self._healthy()
             self._tail()  # fan it out now rather than at the next tick
+            result.callback(None)
 
-        def failed(failure: Any) -> None:
-            self._unhealthy("storing a publish", failure)
-            raise DatabaseUnavailable(f"the peer database is unavailable ({failure.value})")
+        def failed(failure: Failure) -> None:
+            if isinstance(failure.value, _GivenUp):
+                return  # the timer has answered already
+            self._store_failed("storing a publish", failure)
+            result.errback(
+                DatabaseUnavailable(f"the peer database is unavailable ({_reason(failure)})")
+            )
 
-        d.addCallbacks(written, failed)
-        return d
+        d.addBoth(finished).addCallbacks(written, failed)
+        return result
 
-    def prune(self, now: float) -> list[str]:
-        d = self._in_db(self.store.prune, now, self.ttl, _offline_from)
-        d.addCallbacks(lambda _: self._healthy(), lambda f: self._unhealthy("pruning", f))
+    def _give_up(self, ticket: _Ticket, result: Deferred[None]) -> None:
+        """The deadline passed with the publish still queued: 503 now, and never store it."""
+        if ticket.give_up():
+            result.errback(
+                DatabaseUnavailable(
+                    f"the peer database is unavailable (busy: no answer within "
+                    f"{PUBLISH_DEADLINE:g}s)"
+                )
+            )
+        # else the database thread has it: its own busy timeout ends at the deadline.
+
+    def _append(
+        self, ticket: _Ticket, peer_id: str, kind: str, data: bytes, now: float, nbytes: int
+    ) -> EventRow:
+        """On the database thread: the publish, if still wanted, within its deadline."""
+        if not ticket.claim():
+            raise _GivenUp()
+        self._check_identity()
+        left = ticket.deadline - time.monotonic()
+        self.store.set_busy_timeout(min(OP_BUSY_MS, int(left * 1000)))
+        return self.store.append(peer_id, kind, data, now, nbytes)
+
+    def prune(self, now: float, limit: int = 0) -> list[str]:
+        """Prune in the store: one transaction for every stale peer (``limit`` is
+        not needed), whichever instance gets there first; nothing once orphaned."""
+        if self._orphaned is not None or self._pruning or self._closing:
+            return []
+        self._pruning = True
+        d = self._in_db(self._prune, now)
+
+        def done(result: object) -> None:
+            self._pruning = False
+            if isinstance(result, Failure):
+                self._store_failed("pruning", result)
+
+        d.addBoth(done)
         # The offline events arrive through the tail like any other.
         return []
 
+    def prune_pending(self, now: float) -> bool:
+        """Never: the store's prune takes every stale peer at once; their offline
+        events reach the table through the tail, not through another prune."""
+        return False
+
+    def _prune(self, now: float) -> list[EventRow]:
+        self._check_identity()
+        self.store.set_busy_timeout(OP_BUSY_MS)
+        return self.store.prune(now, self.ttl, _offline_from)
+
     # -- reads ------------------------------------------------------------------
 
+    def _tick(self) -> None:
+        self._tail()
+        if (
+            self._failing is not None
+            and self._orphaned is None
+            and not self._probing
+            and time.monotonic() >= self._next_probe
+        ):
+            self._probe()
+
     def _tail(self) -> None:
-        if self._tailing is not None:
+        if self._tailing is not None or self._closing:
             return
-        d = self._in_db(self.store.tail, self.cursor)
+        check = self._orphaned is None and time.monotonic() >= self._next_identity_check
+        if check:
+            self._next_identity_check = time.monotonic() + IDENTITY_INTERVAL
+        d = self._in_db(self._read, self.cursor, check)
         self._tailing = d
 
-        def got(rows: list[EventRow]) -> None:
+        def got(result: tuple[list[EventRow], str | None]) -> None:
             self._tailing = None
+            rows, problem = result
+            if problem is not None:
+                self._orphan(problem)
             for row in rows:
                 self._deliver(row)
             if len(rows) >= 2000:
                 self.reactor.callLater(0, self._tail)
 
-        def failed(failure: Any) -> None:
+        def failed(failure: Failure) -> None:
             self._tailing = None
-            self._unhealthy("reading new events", failure)
+            self._store_failed("reading new events", failure)
 
         d.addCallbacks(got, failed)
+
+    def _read(self, after: int, check: bool) -> tuple[list[EventRow], str | None]:
+        problem = self.store.identity_problem() if check else None
+        self.store.set_busy_timeout(OP_BUSY_MS)
+        return self.store.tail(after), problem
 
     def _deliver(self, row: EventRow) -> None:
         if row.id <= self.cursor:
@@ -159,19 +349,58 @@ class SharedBoard(Board):
 
     # -- health -----------------------------------------------------------------
 
+    def _probe(self) -> None:
+        """While failing: a small write; when it commits, publishes are taken again."""
+        self._probing = True
+        self._next_probe = time.monotonic() + PROBE_INTERVAL
+
+        def probe() -> int:
+            self._check_identity()
+            self.store.set_busy_timeout(PROBE_BUSY_MS)
+            return self.store.probe()
+
+        def done(result: object) -> None:
+            self._probing = False
+            if isinstance(result, Failure):
+                if isinstance(result.value, StoreReplaced):
+                    self._orphan(str(result.value))
+            else:
+                self._healthy()
+
+        self._in_db(probe).addBoth(done)
+
+    def _store_failed(self, doing: str, failure: Failure) -> None:
+        if isinstance(failure.value, StoreReplaced):
+            self._orphan(str(failure.value))
+        else:
+            self._unhealthy(doing, _reason(failure))
+
+    def _orphan(self, problem: str) -> None:
+        if self._orphaned is not None:
+            return
+        self._orphaned = problem
+        self.log.error(
+            "peer database {path} {problem} while in use: this instance now refuses "
+            "publishes (503) and /healthz says 503 until it is restarted; other instances "
+            "may be using a new file at that path, so restart every instance sharing it",
+            path=self.store.path,
+            problem=problem,
+        )
+
     def _healthy(self) -> None:
-        if self._failing:
-            self._failing = False
+        if self._failing is not None:
+            self._failing = None
             self.log.info("peer database {path} works again", path=self.store.path)
 
-    def _unhealthy(self, doing: str, failure: Any) -> None:
-        if not self._failing:
-            self._failing = True
+    def _unhealthy(self, doing: str, why: str) -> None:
+        if self._failing is None:
+            self._failing = why
             self.log.error(
-                "peer database {path} failed while {doing}: {why}; retrying",
+                "peer database {path} failed while {doing}: {why}; publishes answer 503 "
+                "until a probe write succeeds",
                 path=self.store.path,
                 doing=doing,
-                why=failure.getErrorMessage(),
+                why=why,
             )
 
 

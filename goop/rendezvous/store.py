@@ -10,17 +10,28 @@ holds each online peer's latest message and when it was last heard, so a
 restarted instance starts with the peers still within their TTL. Pruning
 runs in one ``BEGIN IMMEDIATE`` transaction: however many instances prune,
 each stale peer is deleted, and gets its ``offline`` event, exactly once.
+
+Honesty about the file: `SQLiteStore.open` proves the file is writable by
+committing a real write, and turns every way it can fail (locked, damaged,
+not a database, read-only, a directory, ...) into a one-line `StoreError`.
+It records the file's identity (device, inode) so a file deleted or replaced
+while in use can be noticed (`SQLiteStore.identity_problem`) instead of
+writing on into an orphaned inode that no other instance reads.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 SCHEMA_VERSION: Final = 1
+# How long opening waits for a lock held by another process.
 BUSY_TIMEOUT_MS: Final = 5000
 # Events kept in the log for replay; older ones are trimmed while pruning.
 KEEP_EVENTS: Final = 16384
@@ -31,7 +42,25 @@ OfflineFactory = Callable[[str, bytes, float], bytes]
 
 
 class StoreError(Exception):
-    """The database cannot be used; str() names the file and the reason."""
+    """The database cannot be used; str() names the file and the reason, on one line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_one_line(message))
+
+
+class StoreReplaced(StoreError):
+    """The file at the path is no longer the one this store has open."""
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _strerror(e: OSError) -> str:
+    why = e.strerror or str(e)
+    if e.errno == errno.EPERM:
+        why += ", an immutable (chattr +i) file?"
+    return why[:1].lower() + why[1:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +98,10 @@ class SQLiteStore:
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
         self._db: sqlite3.Connection | None = None
+        self._busy_ms = -1
+        # (st_dev, st_ino) of the file opened, and whether opening created it.
+        self.identity: tuple[int, int] = (0, 0)
+        self.created = False
 
     def _fail(self, e: BaseException) -> StoreError:
         return StoreError(f"{self.path}: {e}")
@@ -80,7 +113,19 @@ class SQLiteStore:
         return self._db
 
     def open(self) -> None:
-        """Open (creating if needed) and check the file. Raises StoreError."""
+        """Open (creating if needed), check, and prove writable. Raises StoreError.
+
+        Every failure is one line naming the file: locked, damaged, not a
+        database, not writable (tried with a real committed write: a file
+        that opens read-only passes every check short of that), a directory.
+        """
+        self._check_path()
+        try:
+            before = os.stat(self.path)
+        except FileNotFoundError:
+            before = None
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot read it ({_strerror(e)})") from None
         try:
             db = sqlite3.connect(
                 self.path,
@@ -88,45 +133,159 @@ class SQLiteStore:
                 isolation_level=None,
                 check_same_thread=False,
             )
-        except sqlite3.Error as e:
-            raise self._fail(e) from None
+        except (sqlite3.Error, ValueError) as e:
+            raise self._explain(e) from None
         try:
-            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode})")
-            db.execute("PRAGMA synchronous = NORMAL")
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise StoreError(f"{self.path}: database is damaged ({check})")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                    db.execute(statement)
-                row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-                if row is None:
-                    db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                    # Ids start at the creation time in microseconds, as in memory
-                    # mode, so an id from another store is never mistaken for ours.
-                    db.execute(
-                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)",
-                        (int(time.time() * 1e6),),
-                    )
-                elif row[0] != str(SCHEMA_VERSION):
-                    raise StoreError(
-                        f"{self.path}: schema version {row[0]}, this goop needs {SCHEMA_VERSION}"
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            self._prepare(db)
+            st = os.stat(self.path)
         except StoreError:
             db.close()
             raise
-        except sqlite3.Error as e:
+        except (sqlite3.Error, ValueError) as e:
             db.close()
-            raise self._fail(e) from None
+            raise self._explain(e) from None
+        except OSError as e:
+            db.close()
+            raise StoreError(f"{self.path}: cannot read it ({_strerror(e)})") from None
+        self.identity = (st.st_dev, st.st_ino)
+        self.created = before is None
         self._db = db
+        self._busy_ms = self.busy_timeout_ms
+
+    def _check_path(self) -> None:
+        """What SQLite would only call "unable to open database file"."""
+        if os.path.isdir(self.path):
+            raise StoreError(f"{self.path}: is a directory, not a database file")
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise StoreError(f"{self.path}: directory {directory} does not exist")
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode})")
+        db.execute("PRAGMA synchronous = NORMAL")
+        problems = [
+            line.strip()
+            for (row,) in db.execute("PRAGMA quick_check").fetchall()
+            for line in str(row).splitlines()
+            if line.strip() and not line.startswith("***")
+        ]
+        if problems != ["ok"]:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise StoreError(f"{self.path}: database is damaged: {problems[0]}{more}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                # Ids start at the creation time in microseconds, as in memory
+                # mode, so an id from another store is never mistaken for ours.
+                db.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)",
+                    (int(time.time() * 1e6),),
+                )
+            elif row[0] != str(SCHEMA_VERSION):
+                raise StoreError(
+                    f"{self.path}: schema version {row[0]}, this goop needs {SCHEMA_VERSION}"
+                )
+            # A real write, committed: a file SQLite could only open read-only
+            # (read-only filesystem, immutable file) fails here, not at the
+            # first publish.
+            self._stamp(db, "opened")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _stamp(db: sqlite3.Connection, key: str) -> None:
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, repr(time.time())),
+        )
+
+    def _explain(self, e: BaseException) -> StoreError:
+        """One line saying what is wrong with the file, from SQLite's error."""
+        text = str(e)
+        lowered = text.lower()
+        if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
+            why = self._why_unwritable()
+            if why is not None:
+                return StoreError(f"{self.path}: not writable ({why})")
+            if "unable to open" in lowered:
+                return StoreError(f"{self.path}: cannot open it ({text})")
+            return StoreError(f"{self.path}: not writable ({text})")
+        if "locked" in lowered or "busy" in lowered:
+            return StoreError(
+                f"{self.path}: locked by another process for more than "
+                f"{self.busy_timeout_ms / 1000:g}s ({text})"
+            )
+        if "malformed" in lowered or "corrupt" in lowered:
+            return StoreError(f"{self.path}: database is damaged ({text})")
+        return self._fail(e)
+
+    def _why_unwritable(self) -> str | None:
+        """Why this process cannot write the file (None: no reason found).
+
+        Called only once SQLite's connection is closed: opening and closing
+        another descriptor on a database file drops the POSIX locks this
+        process holds on it.
+        """
+        for path in (self.path, self.path + "-wal", self.path + "-shm"):
+            if not os.path.exists(path):
+                continue
+            try:
+                os.close(os.open(path, os.O_RDWR))
+            except OSError as e:
+                where = "" if path == self.path else f"{os.path.basename(path)}: "
+                return where + _strerror(e)
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".goop-write-check-", dir=directory)
+        except OSError as e:
+            return f"cannot create files in {directory}: {_strerror(e)}"
+        os.close(fd)
+        os.unlink(probe)
+        return None
+
+    def identity_problem(self) -> str | None:
+        """None while the path still names the file this store opened, else what
+        became of it. A cheap stat; raises StoreError when it cannot be checked."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "was deleted or moved away"
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot check the file ({_strerror(e)})") from None
+        if (st.st_dev, st.st_ino) != self.identity:
+            return "was replaced by another file"
+        return None
+
+    def set_busy_timeout(self, ms: int) -> None:
+        """How long the next statements wait for another process's lock."""
+        ms = max(1, int(ms))
+        if ms != self._busy_ms:
+            self.db.execute(f"PRAGMA busy_timeout = {ms}")
+            self._busy_ms = ms
+
+    def probe(self) -> int:
+        """A small committed write and a read: is the database usable again? The head."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._stamp(db, "probed")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return self.head()
 
     def close(self) -> None:
         if self._db is not None:
@@ -159,7 +318,8 @@ class SQLiteStore:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         return EventRow(event_id, peer_id, data, now, nbytes, kind)
 
@@ -184,7 +344,8 @@ class SQLiteStore:
             ).fetchall()
             head = self.head()
         finally:
-            db.execute("COMMIT")
+            if db.in_transaction:
+                db.execute("COMMIT")
         peers = [EventRow(int(r[0]), r[1], bytes(r[2]), float(r[3]), 0) for r in rows]
         return peers, head
 
@@ -217,6 +378,7 @@ class SQLiteStore:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         return written

@@ -81,6 +81,14 @@ class ReloadableSNI:
         self.default_name = hosts.default_name
         return SNIMap(hosts)
 
+    @property
+    def public_name(self) -> str:
+        """The host name this server answers for by default (for redirects)."""
+        if self.default_name != "default":
+            return self.default_name
+        real = [n for n in self.names if n != "default"]
+        return real[0] if real else "localhost"
+
     def reload(self) -> list[str]:
         """Re-read the directory; on error keep serving the old certificates and raise."""
         self._current = self._build()

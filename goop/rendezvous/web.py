@@ -7,8 +7,10 @@ hands the work to the `Board`. Every error is a JSON ``{"error": ...}``.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import math
 from collections.abc import Callable, Sequence
+from itertools import islice
 from typing import Any
 
 from klein import Klein
@@ -29,20 +31,25 @@ from goop.message import (
 )
 from goop.ratelimit import SlidingWindowLimiter
 from goop.rendezvous import pages
-from goop.rendezvous.board import Board
+from goop.rendezvous.board import Board, Refused
 from goop.rendezvous.http import (
     Network,
     client_address,
     error_json,
+    limit_key,
     reason,
     send_json,
     wrong_method,
 )
 from goop.rendezvous.keys import KeyDirectory, KeyRefused, parse_key_post
 from goop.rendezvous.shared import DatabaseUnavailable
+from goop.rendezvous.throttle import LoginThrottle
 from goop.rendezvous.websocket import WebSocketChannel
 
 CHANGES_HEADER = b"x-goop-changes"
+# /peers.json: rows per page by default, and at most (offset/limit page through).
+PEERS_PAGE = 1000
+MAX_PEERS_PAGE = 5000
 SUBSCRIBER_RETRY_AFTER = 10
 
 
@@ -99,6 +106,8 @@ class RendezvousApp:
         logs: LogBuffer | None = None,
         connect_urls: Callable[[], list[str]] = list,
         stats: Callable[[], dict[str, Any]] = dict,
+        ipv6_prefix: int = 64,
+        server_names: Sequence[str] = (),
     ) -> None:
         self.board = board
         self.reactor = reactor
@@ -109,16 +118,54 @@ class RendezvousApp:
         self.connect_urls = connect_urls
         self.stats = stats
         self.keys = KeyDirectory()
-        self.ws = WebSocketChannel(board, board.hub, reactor, self.submit, self._address)
+        self.ipv6_prefix = ipv6_prefix
+        self.server_names = frozenset(n.lower() for n in server_names)
+        self.logins = LoginThrottle()
+        self._warned_logins: dict[str, bool] = {}
+        self.ws = WebSocketChannel(
+            board, board.hub, reactor, self.submit, self._address, self.cross_site
+        )
 
     def resource(self) -> Any:
         return _PublishFastPath(self, self.app.resource())
 
     def _address(self, request: Any) -> str:
+        """The client's address as every per-address limit counts it (IPv6: its /64)."""
         host = request.getClientAddress()
         peer = getattr(host, "host", None) or "unknown"
         forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
-        return client_address(peer, forwarded, self.trusted_proxies)
+        return limit_key(client_address(peer, forwarded, self.trusted_proxies), self.ipv6_prefix)
+
+    def cross_site(self, request: Any) -> bytes | None:
+        """403 for a request a web page made a browser send (an ``Origin`` not ours).
+
+        Peers are not browsers and send no ``Origin``; a page elsewhere could
+        otherwise make a visitor's browser post an ``offline`` for anyone to a
+        rendezvous on their LAN or loopback. Our own origin is the ``Host`` the
+        request names, when that is an IP address, ``localhost`` or one of
+        our TLS names (a DNS name pointed at us by someone else is not ours).
+        """
+        origin = request.getHeader(b"origin")
+        if origin is None:
+            return None
+        host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
+        netloc = origin.decode("latin-1").lower().partition("://")[2].rstrip("/")
+        if netloc and netloc == host and self.own_host(host):
+            return None
+        return error_json(
+            request, 403, "cross-site request refused (its Origin is not this server)"
+        )
+
+    def own_host(self, host: str) -> bool:
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]")
+        if name == "localhost" or name in self.server_names:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
 
     # -- peers ---------------------------------------------------------------
 
@@ -129,6 +176,9 @@ class RendezvousApp:
             return refused
         if not self.board.accepting:
             return error_json(request, 503, "server is shutting down")
+        cross = self.cross_site(request)
+        if cross is not None:
+            return cross
         now = self.reactor.seconds()
         address = self._address(request)
         wait = self.limiter.hit(address, now)
@@ -142,7 +192,11 @@ class RendezvousApp:
             message = parse_message(body, int(now * 1000))
         except MessageError as e:
             return error_json(request, 400, str(e))
-        stored = self.submit(message, len(body), now)
+        try:
+            stored = self.submit(message, len(body), now, address)
+        except Refused as e:
+            request.setHeader(b"retry-after", str(e.retry_after).encode())
+            return error_json(request, e.status, str(e))
         if stored is None:
             request.setResponseCode(204)
             return b""
@@ -158,13 +212,19 @@ class RendezvousApp:
 
         return stored.addCallbacks(done, unavailable)
 
-    def submit(self, message: PresenceMessage, nbytes: int, now: float) -> Deferred[None] | None:
+    def submit(
+        self, message: PresenceMessage, nbytes: int, now: float, address: str
+    ) -> Deferred[None] | None:
         """A validated client message (POST or /ws) into the board, as the server relays it.
+
+        Raises `Refused` when it would register a peer past ``max_peers`` or
+        past the sending address's share (``max_peers_per_ip``).
 
         ``verified``: goop runs no registration service, so, as goop2 does
         without one, every accepted message is relayed with ``verified: true``
         (docs/rendezvous.md); the client's own value was never read.
         """
+        self.board.admit(message, address)
         return self.board.accept(message.stamped(verified=True), nbytes, now)
 
     @app.route("/events", branch=False)
@@ -207,7 +267,7 @@ class RendezvousApp:
     @app.route("/api/encryption/keys", branch=False)
     def post_key(self, request: Any) -> bytes:
         """goop2's key directory: a peer registers its public key (201 is success)."""
-        refused = wrong_method(request, "POST")
+        refused = wrong_method(request, "POST") or self.cross_site(request)
         if refused is not None:
             return refused
         now = self.reactor.seconds()
@@ -277,10 +337,15 @@ class RendezvousApp:
         if refused is not None:
             return refused
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        nonce = pages.new_nonce()
+        pages.security_headers(request, nonce)
+        registry = self.board.registry
         return pages.dashboard(
-            peers=[e.message for e in self.board.registry],
+            peers=[e.message for e in islice(registry, pages.DASHBOARD_ROWS)],
             subscribers=len(self.board.hub),
             connect_urls=self.connect_urls(),
+            nonce=nonce,
+            total=len(registry),
         )
 
     # -- admin ---------------------------------------------------------------
@@ -288,18 +353,32 @@ class RendezvousApp:
     def _admin_refusal(self, request: Any) -> bytes | None:
         if not self.admin_password:
             return error_json(request, 403, "admin is disabled: no admin_password is configured")
+        key = self._address(request)
+        now = self.reactor.seconds()
+        wait = self.logins.wait(key, now)
+        if wait:
+            request.setHeader(b"retry-after", str(max(1, math.ceil(wait))).encode())
+            return error_json(request, 429, "too many failed logins; wait before trying again")
         user = request.getUser() or b""
         password = request.getPassword() or b""
         # Both compares always run: no early exit that times the user name.
         ok_user = hmac.compare_digest(user, b"admin")
         ok_password = hmac.compare_digest(password, self.admin_password)
         if not (ok_user and ok_password):
+            if user or password:  # a browser's first, credential-less try is no failure
+                self.logins.failed(key, now)
+                if self.logins.wait(key, now) and not self._warned_logins.get(key):
+                    self._warned_logins[key] = True
+                    self.log.warn("admin: failed logins from {key} are now throttled", key=key)
             request.setHeader(b"www-authenticate", b'Basic realm="goop admin", charset="UTF-8"')
             return error_json(request, 401, "admin login required (user admin)")
+        self.logins.succeeded(key)
+        self._warned_logins.pop(key, None)
         return None
 
-    def _peer_rows(self) -> list[dict[str, Any]]:
-        return [entry.row() for entry in self.board.registry]
+    def _peer_rows(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        entries = islice(self.board.registry, offset, None if limit is None else offset + limit)
+        return [entry.row() for entry in entries]
 
     @app.route("/admin", branch=False)
     def admin(self, request: Any) -> bytes:
@@ -308,11 +387,15 @@ class RendezvousApp:
             return refused
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
+        nonce = pages.new_nonce()
+        pages.security_headers(request, nonce)
         return pages.admin(
-            rows=self._peer_rows(),
+            rows=self._peer_rows(0, pages.ADMIN_ROWS),
             logs=self.logs.lines()[-100:],
             subscribers=len(self.board.hub),
             now=self.reactor.seconds(),
+            nonce=nonce,
+            total=len(self.board.registry),
         )
 
     @app.route("/peers.json", branch=False)
@@ -320,7 +403,15 @@ class RendezvousApp:
         refused = wrong_method(request, "GET") or self._admin_refusal(request)
         if refused is not None:
             return refused
-        return send_json(request, 200, self._peer_rows())
+        try:
+            offset = int(request.args.get(b"offset", [b"0"])[0])
+            limit = int(request.args.get(b"limit", [str(PEERS_PAGE).encode()])[0])
+        except ValueError:
+            return error_json(request, 400, "offset and limit must be integers")
+        if offset < 0 or not 1 <= limit <= MAX_PEERS_PAGE:
+            return error_json(request, 400, f"offset >= 0 and 1 <= limit <= {MAX_PEERS_PAGE}")
+        request.setHeader(b"x-total-count", str(len(self.board.registry)).encode())
+        return send_json(request, 200, self._peer_rows(offset, limit))
 
     @app.route("/logs.json", branch=False)
     def logs_json(self, request: Any) -> bytes:

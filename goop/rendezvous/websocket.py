@@ -41,7 +41,7 @@ from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.logger import Logger
 
 from goop.message import MAX_BODY_BYTES, MessageError, Origin, PresenceMessage, parse_message
-from goop.rendezvous.board import Board
+from goop.rendezvous.board import Board, Refused
 from goop.rendezvous.eventlog import Event
 from goop.rendezvous.fanout import WS, Hub, Subscriber, no_delay
 from goop.rendezvous.http import error_json, wrong_method
@@ -61,7 +61,7 @@ REFILL_PER_SECOND: Final = 1.0
 WARN_EVERY: Final = 60.0
 RETRY_AFTER: Final = 10
 
-Submit = Callable[[PresenceMessage, int, float], "Deferred[None] | None"]
+Submit = Callable[[PresenceMessage, int, float, str], "Deferred[None] | None"]
 
 
 class _Context:
@@ -113,6 +113,9 @@ class SocketSubscriber(Subscriber):
 
     def write_events(self, events: list[Event], preface: bytes = b"") -> None:
         self._write(preface + b"".join(e.ws_frame for e in events))
+
+    def frame_size(self, event: Event) -> int:
+        return len(event.ws_frame)
 
     def _stalled(self) -> None:
         self._abort_call = None
@@ -262,12 +265,14 @@ class WebSocketChannel:
         reactor: IReactorTime,
         submit: Submit,
         address: Callable[[Any], str],
+        cross_site: Callable[[Any], bytes | None] = lambda request: None,
     ) -> None:
         self.board = board
         self.hub = hub
         self.reactor = reactor
         self._submit = submit
         self._address = address
+        self._cross_site = cross_site
         self.sockets: dict[str, PresenceSocket] = {}  # the live socket of each peer
         self.connections: set[PresenceSocket] = set()  # every connection, probes included
         self.frames_accepted = 0
@@ -279,7 +284,7 @@ class WebSocketChannel:
 
     def render(self, request: Any) -> Any:
         """GET /ws: refuse with an HTTP status, or hand the connection to Autobahn."""
-        refused = wrong_method(request, "GET")
+        refused = wrong_method(request, "GET") or self._cross_site(request)
         if refused is not None:
             return refused
         args = request.args
@@ -347,8 +352,12 @@ class WebSocketChannel:
         if message.peer_id != peer_id:
             self._skip(sock, now, "peerId differs from this socket's peer_id")
             return
+        try:
+            stored = self._submit(message, len(payload), now, sock.ctx.address)
+        except Refused as e:
+            self._skip(sock, now, str(e))
+            return
         self.frames_accepted += 1
-        stored = self._submit(message, len(payload), now)
         if stored is not None:
             stored.addErrback(
                 lambda f: self._skip(sock, self.reactor.seconds(), f.getErrorMessage())
