@@ -86,6 +86,7 @@ class PresenceConfig:
     max_websockets_per_ip: int = 256
     max_peers: int = 50000
     max_peers_per_ip: int = 256
+    max_table_mb: int = 64
     max_connections_per_ip: int = 512
     request_timeout: int = 10
     idle_timeout: int = 60
@@ -282,6 +283,12 @@ CLI_OPTIONS: Final[tuple[CliOption, ...]] = (
         "presence.max_peers_per_ip",
         False,
         "Most peers one client address may register (0 = unlimited).",
+    ),
+    CliOption(
+        "max-table-mb",
+        "presence.max_table_mb",
+        False,
+        "Most megabytes of peer state (encoded messages) held at once (0 = unlimited).",
     ),
     CliOption(
         "max-connections-per-ip",
@@ -642,6 +649,7 @@ def _validate(values: dict[str, object], origin: Mapping[str, _Origin]) -> None:
         "presence.max_websockets_per_ip",
         "presence.max_peers",
         "presence.max_peers_per_ip",
+        "presence.max_table_mb",
         "presence.max_connections_per_ip",
     ):
         _check_range(label(name), number(name), 0, MAX_LIMIT, " (0 = unlimited)")

@@ -913,7 +913,8 @@ class CliTests(ConfigTestCase):
                 "key-file label email listen-port mdns-tag mdns-interfaces topic ttl-seconds "
                 "heartbeat-seconds rendezvous-port rendezvous-bind rendezvous-wan "
                 "admin-password peer-db-path publish-rate-limit max-subscribers max-websockets "
-                "max-websockets-per-ip max-peers max-peers-per-ip max-connections-per-ip "
+                "max-websockets-per-ip max-peers max-peers-per-ip max-table-mb "
+                "max-connections-per-ip "
                 "request-timeout idle-timeout ipv6-prefix "
                 "max-subscribers-per-ip rendezvous-tls-dir rendezvous-redirect-port "
                 "rendezvous-ca-file trusted-proxies http-addr".split()

@@ -117,13 +117,17 @@ class SnapshotAmplificationTests(HardeningCase):
 
     @defer.inlineCallbacks
     def test_non_reading_replay_holds_a_slice_not_the_ring(self) -> None:
-        """One peer updated 8,192 times with escaped content, then 4 streams asking to
-        replay from the start of the ring and never reading: a slice each, not 200 MB."""
+        """One peer updated 8,192 times with escaped content: the ring keeps at most its
+        byte budget (not 200 MB); 4 streams asking to replay the ring from its start and
+        never reading hold a slice each."""
+        from goop.rendezvous.eventlog import MAX_BYTES
+
         self.start()
         board = self.service.board
-        first = board.events.head
         for i in range(8192):
             board.publish(PresenceMessage("update", "12D3KooWrep", NASTY + str(i)), 1, 0.0)
+        self.assertLessEqual(board.events.bytes, MAX_BYTES)
+        first = board.events.at(0).id - 1
         request = b"GET /events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: %d\r\n\r\n" % first
         for i in range(4):
             yield self.non_reader(request, f"127.0.1.{i + 1}")
@@ -521,3 +525,31 @@ class HeaderTests(HardeningCase):
             self.assertIn(b"X-Frame-Options: DENY", head)
             nonce = head.split(b"'nonce-")[1].split(b"'")[0]
             self.assertIn(b'nonce="' + nonce + b'"', body)
+
+
+class TableBudgetTests(HardeningCase):
+    def test_the_table_has_a_byte_budget(self) -> None:
+        """Peers with maximal escaped fields fill the byte budget: then a new peer gets
+        503, a known peer's heartbeat passes, and growing a known peer's state is refused."""
+        from tests.inmemory import InMemoryServer
+
+        server = InMemoryServer()
+        server.board.max_table_bytes = 1 << 20
+        accepted = 0
+        for i in range(200):
+            r = server.publish(ip=f"10.0.{i}.1", peerId=f"p{i}", content=NASTY)
+            if r.status == 204:
+                accepted += 1
+            else:
+                self.assertEqual(r.status, 503)
+                self.assertIn("peer table is full", r.json()["error"])
+                self.assertEqual(r.headers["retry-after"], "30")
+                break
+        self.assertLess(accepted, 60)
+        self.assertLessEqual(server.board.registry.bytes, (1 << 20) + 30_000)
+        small = server.publish(ip="10.0.0.1", peerId="p0", content=NASTY, type="update")
+        self.assertEqual(small.status, 204)
+        grow = server.publish(
+            ip="10.0.0.1", peerId="p0", content=NASTY, email="\x01" * 300, type="update"
+        )
+        self.assertEqual(grow.status, 503)

@@ -54,6 +54,7 @@ class Board:
         # Limits on state (0 = none): peers in the table, new peers per address.
         self.max_peers = 0
         self.max_peers_per_ip = 0
+        self.max_table_bytes = 0
         self._owner: dict[str, str] = {}  # peer ID -> the address key that registered it
         self._owned: dict[str, int] = {}  # address key -> peers it registered
         self.hints_sent = 0
@@ -161,8 +162,25 @@ class Board:
         (`goop.rendezvous.http.limit_key`).
         """
         peer_id = message.peer_id
-        if message.type == "offline" or peer_id in self.registry or peer_id in self._owner:
+        if message.type == "offline":
             return
+        budget = self.max_table_bytes
+        entry = self.registry.get(peer_id)
+        if entry is not None or peer_id in self._owner:
+            # A registered peer always gets its heartbeats through; only growing
+            # its state is refused while the table is over its byte budget.
+            if (
+                budget
+                and entry is not None
+                and self.registry.bytes >= budget
+                and len(message.encode()) > len(entry.event.frame)
+            ):
+                raise Refused(503, "the peer table is full (bytes)", FULL_RETRY_AFTER)
+            return
+        if budget and self.registry.bytes >= budget:
+            raise Refused(
+                503, f"the peer table is full ({budget // 2**20} MB)", FULL_RETRY_AFTER
+            )
         if self.max_peers and len(self.registry) >= self.max_peers:
             raise Refused(
                 503, f"server is at its peer limit ({self.max_peers})", FULL_RETRY_AFTER

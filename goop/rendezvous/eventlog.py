@@ -17,6 +17,8 @@ from goop.sse import format_event
 from goop.wsframe import text_frame
 
 DEFAULT_CAPACITY: Final = 8192
+# Bytes of SSE frames the ring may hold; the oldest events go first past it.
+MAX_BYTES: Final = 16 * 1024 * 1024
 
 
 class Event:
@@ -26,16 +28,26 @@ class Event:
     wants it) and then shared by every socket, like the SSE frame.
     """
 
-    __slots__ = ("_ws", "changed", "data", "frame", "id", "peer_id")
+    __slots__ = ("_ws", "changed", "frame", "id", "peer_id")
 
-    def __init__(self, event_id: int, peer_id: str, frame: bytes, data: bytes = b"") -> None:
+    def __init__(self, event_id: int, peer_id: str, frame: bytes) -> None:
         self.id = event_id
         self.peer_id = peer_id
         self.frame = frame
-        self.data = data
         self._ws: bytes | None = None
         # False for a heartbeat that changed nothing: changes-only streams skip it.
         self.changed = True
+
+    @property
+    def data(self) -> bytes:
+        """The message's JSON, read back out of the SSE frame (one ``data:`` line, as
+        our encoding never contains a line break) rather than kept twice."""
+        frame = self.frame
+        start = frame.index(b"data: ") + 6
+        if frame.count(b"\ndata: ") > 1:  # not ours: joined as SSE would join it
+            lines = [ln[6:] for ln in frame.split(b"\n") if ln.startswith(b"data: ")]
+            return b"\n".join(lines)
+        return frame[start:-2]
 
     @property
     def ws_frame(self) -> bytes:
@@ -44,15 +56,24 @@ class Event:
             self._ws = text_frame(self.data)
         return self._ws
 
+    @property
+    def size(self) -> int:
+        """Bytes this event holds (its frames), for the byte budgets."""
+        return len(self.frame) + (len(self._ws) if self._ws is not None else 0)
+
     def __repr__(self) -> str:
         return f"Event({self.id}, {self.peer_id!r})"
 
 
 class EventLog:
-    def __init__(self, first_id: int = 1, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(
+        self, first_id: int = 1, capacity: int = DEFAULT_CAPACITY, max_bytes: int = MAX_BYTES
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self._ring: deque[Event] = deque(maxlen=capacity)
+        self.max_bytes = max_bytes
+        self.bytes = 0  # SSE bytes held by the ring
         self.head = first_id - 1  # id of the newest event; first_id - 1 when empty
 
     def __len__(self) -> int:
@@ -65,15 +86,23 @@ class EventLog:
     def add_snapshot(self, event_id: int, peer_id: str, data: bytes) -> Event:
         """An old event known only as a peer's latest state (a restart's table): it
         is framed like any other but is not in the replay ring."""
-        return Event(event_id, peer_id, format_event(data, event_id), data)
+        return Event(event_id, peer_id, format_event(data, event_id))
 
     def add(self, event_id: int, peer_id: str, data: bytes) -> Event:
         """An event whose id was chosen elsewhere (the shared store); ids only grow."""
         if event_id <= self.head:
             raise ValueError(f"event id {event_id} is not after {self.head}")
         self.head = event_id
-        event = Event(event_id, peer_id, format_event(data, event_id), data)
-        self._ring.append(event)
+        event = Event(event_id, peer_id, format_event(data, event_id))
+        ring = self._ring
+        if len(ring) == ring.maxlen:
+            self.bytes -= len(ring[0].frame)
+        ring.append(event)
+        self.bytes += len(event.frame)
+        # A byte budget as well as a count: 8,192 events of 60 KB each would
+        # otherwise hold half a gigabyte for replays nobody may ever ask for.
+        while self.bytes > self.max_bytes and len(ring) > 1:
+            self.bytes -= len(ring.popleft().frame)
         return event
 
     def index_after(self, last_id: int) -> int | None:

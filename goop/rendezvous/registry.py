@@ -56,6 +56,7 @@ class PeerEntry:
 class PeerRegistry:
     def __init__(self) -> None:
         self._peers: dict[str, PeerEntry] = {}
+        self.bytes = 0  # SSE bytes of every peer's latest event (the memory budget)
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -77,8 +78,11 @@ class PeerRegistry:
         """Record ``message`` (carried by ``event``) heard at ``now``."""
         peer_id = message.peer_id
         entry = self._peers.pop(peer_id, None)
+        if entry is not None:
+            self.bytes -= len(entry.event.frame)
         if message.type == "offline":
             return Change.IGNORED if entry is None else Change.LEFT
+        self.bytes += len(event.frame)
         if entry is None:
             self._peers[peer_id] = PeerEntry(message, event, now, now, nbytes)
             return Change.APPEARED
@@ -109,7 +113,10 @@ class PeerRegistry:
         return out
 
     def remove(self, peer_id: str) -> PeerEntry | None:
-        return self._peers.pop(peer_id, None)
+        entry = self._peers.pop(peer_id, None)
+        if entry is not None:
+            self.bytes -= len(entry.event.frame)
+        return entry
 
     def snapshot(self) -> list[Event]:
         """Each online peer's latest event, oldest first."""

@@ -92,6 +92,7 @@ class RendezvousService(Service):
             )
         self.board.max_peers = config.max_peers
         self.board.max_peers_per_ip = config.max_peers_per_ip
+        self.board.max_table_bytes = config.max_table_mb * 2**20
         self.stall_probe = StallProbe(reactor)
         # Raises TLSSetupError naming the file when the directory cannot be served.
         self.tls = ReloadableSNI(config.rendezvous_tls_dir) if config.rendezvous_tls_dir else None

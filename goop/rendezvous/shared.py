@@ -139,9 +139,8 @@ class SharedBoard(Board):
     # -- the database thread --------------------------------------------------
 
     def _in_db(self, f: Any, *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(
-            self.reactor, self._pool, self._timed, f, *args  # type: ignore[arg-type]
-        )
+        reactor: Any = self.reactor
+        return deferToThreadPool(reactor, self._pool, self._timed, f, *args)
 
     def _timed(self, f: Any, *args: Any) -> Any:
         self._busy_since = time.monotonic()
@@ -340,9 +339,7 @@ class SharedBoard(Board):
 
     def _decode(self, row: EventRow) -> PresenceMessage | None:
         try:
-            return message_from_object(
-                json.loads(row.data), int(row.created * 1000), Origin.RELAY
-            )
+            return message_from_object(json.loads(row.data), int(row.created * 1000), Origin.RELAY)
         except (ValueError, MessageError) as e:
             self.log.warn("skipping unreadable event {id} in the store: {why}", id=row.id, why=e)
             return None
