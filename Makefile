@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 # Where `make run` listens; override: make run PORT=9000
 RUN_PORT ?= 8787
 
-.PHONY: help venv install run test check lint typecheck unit sysdeps clean bench
+.PHONY: help venv install run test check lint typecheck unit sysdeps clean bench soak
 
 help:
 	@echo "make run    - create .venv, install goop, start a rendezvous on http://127.0.0.1:$(RUN_PORT)/"
@@ -53,6 +53,11 @@ test: unit typecheck lint
 # docs/benchmarks.md. Quick run: make bench BENCH_ARGS="--seconds 3 --cells 10:2,200:max"
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The hardening attack mix for 120 s against a pinned server (about 3 minutes);
+# writes docs/hardening.md. Quick look: make soak SOAK_ARGS="--seconds 20 --no-write"
+soak: install
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .hypothesis
