@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from goop.identity import Identity, load_or_create
 from goop.message import PresenceMessage
-from goop.p2p.adapter import ContentError, Libp2pAdapter
+from goop.p2p.adapter import ContentError, DialError, Libp2pAdapter
 from goop.stallprobe import StallProbe
 
 
@@ -211,3 +211,36 @@ async def _dial_with_plaintext_only(addr: str, seed: bytes) -> str:
         except Exception as e:
             return f"refused: {type(e).__name__}"
         return "connected"
+
+
+class PunchDialTests(AdapterHarness):
+    @defer.inlineCallbacks
+    def test_dial_goop2_style_addresses_from_a_hint(self):  # type: ignore[no-untyped-def]
+        """dial(peer, addrs) connects with addresses as goop2 publishes them (no /p2p
+        suffix), skipping ones that do not parse, name another peer or need a relay;
+        what a peer publishes (advertised_addrs) is its listener, without /p2p."""
+        a, _ = yield self.adapter("a")
+        b, _ = yield self.adapter("b")
+        mine = f"/ip4/127.0.0.1/tcp/{b.port}"
+        self.assertEqual(b.advertised_addrs(), [mine])
+        yield a.dial(
+            b.peer_id,
+            [
+                "not a multiaddr",
+                f"{mine}/p2p/{a.peer_id}",
+                f"{mine}/p2p/{b.peer_id}/p2p-circuit",
+                mine,
+            ],
+        )
+        peers = yield a.connected_peers()
+        self.assertIn(b.peer_id, peers)
+
+    @defer.inlineCallbacks
+    def test_dial_with_nothing_to_dial_fails_clearly(self):  # type: ignore[no-untyped-def]
+        """No usable address, a bad peer ID, or ourselves: DialError, nothing dialled."""
+        a, _ = yield self.adapter("a")
+        b, _ = yield self.adapter("b")
+        yield self.assertFailure(a.dial(b.peer_id, ["junk", "/dns4/x/udp/1"]), DialError)
+        yield self.assertFailure(a.dial("not-a-peer-id", ["/ip4/127.0.0.1/tcp/1"]), DialError)
+        yield self.assertFailure(a.dial(a.peer_id, ["/ip4/127.0.0.1/tcp/1"]), DialError)
+        self.assertEqual((yield a.connected_peers()), [])

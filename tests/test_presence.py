@@ -334,16 +334,17 @@ class WanFailureTests(TestCase):
         tree.startService()
         self.addCleanup(tree.stopService)
         rv = tree.getServiceNamed("rendezvous")
-        local = tree.getServiceNamed("events-local")
-        wan_events = tree.getServiceNamed("events-wan")
+        local = tree.getServiceNamed("link-local")
+        wan_link = tree.getServiceNamed("link-wan")
         publish(rv, "neighbour", peer=PEER)
         viewer = next(s for s in tree if type(s).__name__ == "ViewerService")
         yield until(lambda: PEER in viewer.app.table, timeout=5)
         me = viewer.app.current().peer_id
         yield until(lambda: me in rv.board.registry, timeout=5)
         self.assertEqual(viewer.app.table.get(PEER).sources, ["local"])
+        yield until(lambda: local.state == "ws", timeout=5)
         self.assertTrue(local.connected)
-        self.assertFalse(wan_events.connected)
+        self.assertFalse(wan_link.connected)
 
     def test_wan_refusing_connections(self) -> defer.Deferred[None]:
         """WAN port closed: the local rendezvous path works."""

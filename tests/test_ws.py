@@ -416,3 +416,48 @@ class TlsTests(WsTestCase):
         yield ws.wait_for(lambda: bool(ws.of_type("online", A)))
         ws.send_json({"type": "update", "peerId": A, "content": "over tls"})
         yield ws.wait_for(lambda: any(m.get("content") == "over tls" for m in ws.received))
+
+
+class Goop2OrderTests(WsTestCase):
+    @defer.inlineCallbacks
+    def test_a_peer_that_posts_before_its_socket_gets_its_half_when_the_socket_opens(
+        self,
+    ) -> None:
+        """goop2 POSTs online (with addrs) before dialling /ws: the other side gets its
+        hint at once, and the newcomer gets the mirror image once its socket is up."""
+        self.start()
+        yield self.post({"type": "online", "peerId": B, "addrs": ["/ip4/10.0.0.2/tcp/1"]})
+        bob = yield self.peer(B, publish=False)
+        yield self.post({"type": "online", "peerId": A, "addrs": ["/ip4/10.0.0.1/tcp/1"]})
+        yield bob.wait_for(lambda: bool(bob.of_type("punch", A)))
+        alice = yield self.peer(A, publish=False)
+        yield alice.wait_for(lambda: bool(alice.of_type("punch", B)))
+        hint = alice.of_type("punch", B)[0]
+        self.assertEqual((hint["target"], hint["addrs"]), (A, ["/ip4/10.0.0.2/tcp/1"]))
+        # The hint comes after the snapshot the socket is owed.
+        kinds = [m["type"] for m in alice.received]
+        self.assertLess(kinds.index("online"), kinds.index("punch"))
+
+    @defer.inlineCallbacks
+    def test_the_upgrade_says_whether_the_socket_is_changes_only(self) -> None:
+        """The 101 carries X-Goop-Changes like /events' 200 does."""
+        self.start()
+        yield self.post({"type": "online", "peerId": A})
+        for query, expected in ((b"&changes=1", b"1"), (b"", b"available")):
+            raw = protocol.Protocol()
+            got: list[bytes] = []
+            raw.dataReceived = got.append  # type: ignore[method-assign]
+            yield TCP4ClientEndpoint(reactor, "127.0.0.1", self.service.port).connect(
+                protocol.Factory.forProtocol(lambda r=raw: r)
+            )
+            self.addCleanup(raw.transport.abortConnection)
+            raw.transport.write(
+                b"GET /ws?peer_id=" + A.encode() + query + b" HTTP/1.1\r\nHost: x\r\n"
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            while b"\r\n\r\n" not in b"".join(got):
+                yield task.deferLater(reactor, 0.01, lambda: None)
+            head = b"".join(got).split(b"\r\n\r\n")[0]
+            self.assertIn(b"101", head.split(b"\r\n")[0])
+            self.assertIn(b"X-Goop-Changes: " + expected, head)

@@ -50,6 +50,7 @@ STOP_TIMEOUT: Final = 5.0
 ADDRS_REFRESH: Final = 30.0
 # Most addresses one dial (a punch hint) tries.
 MAX_DIAL_ADDRS: Final = 20
+_DIRECT_HOSTS: Final = frozenset({"ip4", "ip6", "dns", "dns4", "dns6"})
 # After a dial: long enough for GossipSub to learn the new peer's subscriptions.
 REPUBLISH_DELAY: Final = 0.5
 # go-libp2p's heartbeat; py-libp2p's default (120 s) would delay the mesh.
@@ -301,8 +302,8 @@ class Libp2pAdapter(Service):
         """Connect to ``peer_id`` at any of ``addrs`` (a rendezvous's punch hint).
 
         Each address is a multiaddr with or without ``/p2p/<peer_id>``; ones
-        that do not parse, name another peer, or need a relay
-        (``/p2p-circuit``) are skipped. Fails with `DialError` when nothing
+        that do not parse, name another peer, or are not plain TCP (a relay's
+        ``/p2p-circuit``, QUIC, WebSocket) are skipped. Fails with `DialError` when nothing
         is left to try, else with libp2p's reason or a timeout. Once connected,
         our presence goes out again shortly, as after `connect`.
         """
@@ -461,15 +462,16 @@ class Libp2pAdapter(Service):
             try:
                 addr = multiaddr.Multiaddr(text)
                 names = [p.name for p in addr.protocols()]
-                if "p2p-circuit" in names:
-                    continue
-                if "p2p" in names:
+                if names[-1:] == ["p2p"]:
                     if addr.value_for_protocol("p2p") != peer_id:
                         continue
                     addr = addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_id}"))
+                    names = names[:-1]
             except Exception:
                 continue
-            usable.append(addr)
+            # Our only transport is plain TCP (no relay, QUIC or WebSocket).
+            if len(names) == 2 and names[0] in _DIRECT_HOSTS and names[1] == "tcp":
+                usable.append(addr)
         if not usable:
             raise DialError("no address we can dial directly")
         await self._host.connect(PeerInfo(pid, usable))

@@ -114,6 +114,16 @@ class Board:
             self._hint(message, now)
         return change
 
+    def introduce(self, peer_id: str, now: float) -> None:
+        """``peer_id`` can hear hints now (its /ws opened): the ones it missed."""
+        entry = self.registry.get(peer_id)
+        if entry is None:
+            return
+        for recipient, hint in self.punch.introduce(
+            entry.message, self.registry.newest_first(), now
+        ):
+            self.hints_sent += self.hub.send_to(recipient, hint.encode())
+
     def _hint(self, message: PresenceMessage, now: float) -> None:
         """Punch hints for a peer that brought new addresses, each to its target alone."""
         plan = self.punch.plan(message, self.registry.newest_first(), self.hub.by_peer, now)

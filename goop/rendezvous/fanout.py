@@ -37,6 +37,8 @@ from goop.sse import OK_COMMENT, PING_COMMENT, format_event
 SSE: Final = "sse"
 WS: Final = "ws"
 DEFAULT_MAX_PAUSE: Final = 120.0
+# Punch hints kept for a stream that is catching up; more are dropped.
+MAX_QUEUED_HINTS: Final = 64
 # A batch longer than this is sent as each peer's latest state (see `_Job`).
 # A batch is what arrived during one turn of fan-out: a few to a few dozen events
 # at the benchmark's heaviest rates; hundreds only when the server is behind.
@@ -77,6 +79,7 @@ class Subscriber:
         "backlog",
         "changes_only",
         "done",
+        "hints",
         "paused",
         "peer_id",
         "pending",
@@ -101,6 +104,8 @@ class Subscriber:
         self.pending: dict[str, Event] | None = None
         # The snapshot or replay still owed, written a slice per drain.
         self.backlog: Backlog | None = None
+        # Punch hints that arrived while the stream was catching up.
+        self.hints: list[bytes] | None = None
         self._abort_call: IDelayedCall | None = None
         # The TCP transport to send chunks to directly, or None (see `_direct_transport`).
         self._direct: Any = None
@@ -153,11 +158,21 @@ class Subscriber:
 
     def send_one(self, data: bytes) -> bool:
         """A message for this subscriber alone (a punch hint), outside the event log:
-        written now, or dropped when the reader is behind (it is a hint, not state)."""
+        written now, or, while the stream catches up, kept (a few) and written
+        after what it is owed; dropped past that (it is a hint, not state)."""
         if self.paused or self.pending is not None:
-            return False
-        self.write(format_event(data))
+            if self.hints is None:
+                self.hints = []
+            if len(self.hints) >= MAX_QUEUED_HINTS:
+                return False
+            self.hints.append(data)
+            return True
+        self.write(self.one_frame(data))
         return True
+
+    def one_frame(self, data: bytes) -> bytes:
+        """One message outside the event log, framed for this stream (no ``id:``)."""
+        return format_event(data)
 
     # IPushProducer
 
@@ -198,13 +213,15 @@ class Subscriber:
                 return
             self.backlog = None
         pending, self.pending = self.pending, None
-        if pending:
-            ordered = sorted(pending.values(), key=lambda e: e.id)
-            self.write_events(ordered)
+        hints, self.hints = self.hints, None
+        if pending or hints:
+            ordered = sorted(pending.values(), key=lambda e: e.id) if pending else []
+            tail = b"".join(self.one_frame(h) for h in hints) if hints else b""
+            self.write_events(ordered, b"", tail)
 
-    def write_events(self, events: list[Event], preface: bytes = b"") -> None:
+    def write_events(self, events: list[Event], preface: bytes = b"", tail: bytes = b"") -> None:
         """Write ``events`` now, paused or not (a backlog the transport then buffers)."""
-        self.request.write(preface + b"".join(e.frame for e in events))
+        self.request.write(preface + b"".join(e.frame for e in events) + tail)
 
     def stopProducing(self) -> None:
         self._hub.remove(self)
@@ -489,6 +506,7 @@ class Hub:
         sub._cancel_abort()
         sub.pending = None
         sub.backlog = None
+        sub.hints = None
         self.counts[sub.kind] -= 1
         counts = self._per_address(sub.kind)
         left = counts[sub.address] - 1

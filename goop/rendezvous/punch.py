@@ -28,10 +28,6 @@ MAX_PAIRS: Final = 256
 MAX_COOLDOWNS: Final = 65536
 
 
-def _pair(a: str, b: str) -> tuple[str, str]:
-    return (a, b) if a < b else (b, a)
-
-
 class PunchPlanner:
     def __init__(
         self,
@@ -42,6 +38,9 @@ class PunchPlanner:
         self.cooldown = cooldown
         self.max_pairs = max_pairs
         self.max_cooldowns = max_cooldowns
+        # (recipient, about) -> when the recipient was last told about that peer.
+        # Directed: a side that could not hear a hint then (a goop2 peer posts
+        # before its socket is up) still gets its half when it can (`introduce`).
         self._hinted: dict[tuple[str, str], float] = {}
         self.skipped_full = 0  # pairs not introduced because the table was full
 
@@ -64,31 +63,54 @@ class PunchPlanner:
         me = arriving.peer_id
         ts = int(now * 1000)
         out: list[tuple[str, PresenceMessage]] = []
+        i_hear = me in reachable
         pairs = 0
         for other in others:
             peer = other.peer_id
             if peer == me or not other.addrs:
                 continue
-            other_hears = peer in reachable
-            i_hear = me in reachable
-            if not (other_hears or i_hear):
-                continue
-            key = _pair(me, peer)
-            last = self._hinted.get(key)
-            if last is not None and now - last < self.cooldown:
-                continue
-            if last is None and len(self._hinted) >= self.max_cooldowns:
-                self.skipped_full += 1
-                continue
-            self._hinted[key] = now
-            if other_hears:
+            told = False
+            if peer in reachable and self._stamp(peer, me, now):
                 out.append((peer, _punch(me, peer, arriving.addrs, ts)))
-            if i_hear:
+                told = True
+            if i_hear and self._stamp(me, peer, now):
                 out.append((me, _punch(peer, me, other.addrs, ts)))
-            pairs += 1
+                told = True
+            pairs += told
             if pairs >= self.max_pairs:
                 break
         return out
+
+    def introduce(
+        self, newcomer: PresenceMessage, others: Iterable[PresenceMessage], now: float
+    ) -> list[tuple[str, PresenceMessage]]:
+        """Hints for a peer that just became reachable (its /ws opened): the halves it
+        missed while it could not hear them, each pair's cooldown still applying."""
+        me = newcomer.peer_id
+        if not newcomer.addrs:
+            return []
+        ts = int(now * 1000)
+        out: list[tuple[str, PresenceMessage]] = []
+        for other in others:
+            if other.peer_id == me or not other.addrs:
+                continue
+            if self._stamp(me, other.peer_id, now):
+                out.append((me, _punch(other.peer_id, me, other.addrs, ts)))
+                if len(out) >= self.max_pairs:
+                    break
+        return out
+
+    def _stamp(self, recipient: str, about: str, now: float) -> bool:
+        """Record a hint to ``recipient`` about ``about``; False in cooldown or when full."""
+        key = (recipient, about)
+        last = self._hinted.get(key)
+        if last is not None and now - last < self.cooldown:
+            return False
+        if last is None and len(self._hinted) >= self.max_cooldowns:
+            self.skipped_full += 1
+            return False
+        self._hinted[key] = now
+        return True
 
     def prune(self, now: float) -> None:
         """Forget pairs whose cooldown is over."""

@@ -159,6 +159,18 @@ class SQLiteStore:
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise StoreError(f"{self.path}: directory {directory} does not exist")
+        if not os.path.exists(self.path):
+            # SQLite would pair a new, empty file with another database's WAL
+            # (an instance still running on the deleted file): refuse instead.
+            left = [os.path.basename(self.path + s) for s in ("-wal", "-shm")]
+            left = [name for name in left if os.path.exists(os.path.join(directory, name))]
+            if left:
+                raise StoreError(
+                    f"{self.path}: missing, but {' and '.join(left)} "
+                    f"{'is' if len(left) == 1 else 'are'} there: the file "
+                    "was deleted while in use; stop every instance on this path, move "
+                    "those files away, then start again"
+                )
 
     def _prepare(self, db: sqlite3.Connection) -> None:
         db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")

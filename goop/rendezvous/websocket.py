@@ -105,14 +105,11 @@ class SocketSubscriber(Subscriber):
     def ping(self) -> None:
         pass  # Autobahn pings every PING_INTERVAL itself
 
-    def send_one(self, data: bytes) -> bool:
-        if self.paused or self.pending is not None:
-            return False
-        self._write(text_frame(data))
-        return True
+    def one_frame(self, data: bytes) -> bytes:
+        return text_frame(data)
 
-    def write_events(self, events: list[Event], preface: bytes = b"") -> None:
-        self._write(preface + b"".join(e.ws_frame for e in events))
+    def write_events(self, events: list[Event], preface: bytes = b"", tail: bytes = b"") -> None:
+        self._write(preface + b"".join(e.ws_frame for e in events) + tail)
 
     def frame_size(self, event: Event) -> int:
         return len(event.ws_frame)
@@ -138,8 +135,6 @@ class SocketSubscriber(Subscriber):
 
 class PresenceSocket(WebSocketServerProtocol):
     """One peer's /ws connection."""
-
-    log = Logger()
 
     def __init__(self, channel: WebSocketChannel, ctx: _Context) -> None:
         super().__init__()
@@ -186,6 +181,10 @@ class PresenceSocket(WebSocketServerProtocol):
         self.peer = details.peer
         no_delay(transport)
         self._connectionMade()
+
+    def onConnect(self, request: Any) -> tuple[None, dict[str, str]]:
+        # Says, as /events does, whether this socket skips no-op heartbeats.
+        return None, {"X-Goop-Changes": "1" if self.ctx.changes_only else "available"}
 
     def onOpen(self) -> None:
         if self.ctx.probe:
@@ -332,6 +331,9 @@ class WebSocketChannel:
         sock.transport.registerProducer(sub, True)  # type: ignore[union-attr]
         no_delay(sock.transport)
         self.hub.attach(sub, self.board.backlog(None, ctx.changes_only))
+        # Hints this peer could not hear before its socket was up (goop2 posts
+        # its online first), queued behind the snapshot it is owed.
+        self.board.introduce(ctx.peer_id, self.reactor.seconds())
 
     def received(self, sock: PresenceSocket, payload: bytes, is_binary: bool) -> None:
         if sock.ctx.probe or sock.subscriber is None:
