@@ -134,11 +134,13 @@ class PresenceMessage:
     def to_dict(self) -> dict[str, Any]:
         """The relayed fields, in goop2's order, empty optional ones left out."""
         out: dict[str, Any] = {}
+        # A punch carries what goop2's does: type, peerId, target, addrs, ts.
+        always_ok = self.type != PUNCH
         for f in FIELDS:
             if not f.relayed:
                 continue
             value = getattr(self, f.attr)
-            if f.always or value:
+            if (f.always and (always_ok or f.wire in ("type", "peerId", "ts"))) or value:
                 out[f.wire] = list(value) if f.kind is tuple else value
         return out
 

@@ -9,6 +9,7 @@ listed. Observers hear ``appeared``, ``changed`` and ``left``.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -151,5 +152,19 @@ class PeerTable:
                 gone.append(view.peer_id)
         return gone
 
-    def rows(self) -> list[dict[str, Any]]:
-        return [v.row() for v in sorted(self._peers.values(), key=lambda v: v.peer_id)]
+    def rows(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Rows sorted by peer ID, ``limit`` of them from ``offset`` (all by default).
+
+        A page near the start costs a partial sort (the viewer polls the first
+        page every second), not a sort of the whole table.
+        """
+        views = self._peers.values()
+        if limit is None:
+            chosen = sorted(views, key=_by_peer_id)[offset:]
+        else:
+            chosen = heapq.nsmallest(offset + limit, views, key=_by_peer_id)[offset:]
+        return [v.row() for v in chosen]
+
+
+def _by_peer_id(view: PeerView) -> str:
+    return view.peer_id

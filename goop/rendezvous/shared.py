@@ -185,6 +185,8 @@ class SharedBoard(Board):
 
     def _refusal(self) -> str | None:
         """Why publishes are refused at once (None: hand them to the database)."""
+        if self._closing:
+            return "stopping"
         if self._orphaned is not None:
             return f"peer database file {self._orphaned}; restart this instance"
         if self._failing is not None:
@@ -203,6 +205,7 @@ class SharedBoard(Board):
     def accept(self, message: PresenceMessage, nbytes: int, now: float) -> Deferred[None]:
         refused = self._refusal()
         if refused is not None:
+            self._unclaim(message.peer_id)
             return fail(DatabaseUnavailable(f"the peer database is unavailable ({refused})"))
         ticket = _Ticket(time.monotonic() + PUBLISH_DEADLINE)
         result: Deferred[None] = Deferred()
@@ -210,7 +213,9 @@ class SharedBoard(Board):
         d = self._in_db(
             self._append, ticket, message.peer_id, message.type, message.encode(), now, nbytes
         )
-        timer = self.reactor.callLater(PUBLISH_DEADLINE, self._give_up, ticket, result)
+        timer = self.reactor.callLater(
+            PUBLISH_DEADLINE, self._give_up, ticket, result, message.peer_id
+        )
 
         def finished(outcome: object) -> object:
             self._waiting -= 1
@@ -227,6 +232,7 @@ class SharedBoard(Board):
             if isinstance(failure.value, _GivenUp):
                 return  # the timer has answered already
             self._store_failed("storing a publish", failure)
+            self._unclaim(message.peer_id)
             result.errback(
                 DatabaseUnavailable(f"the peer database is unavailable ({_reason(failure)})")
             )
@@ -234,9 +240,10 @@ class SharedBoard(Board):
         d.addBoth(finished).addCallbacks(written, failed)
         return result
 
-    def _give_up(self, ticket: _Ticket, result: Deferred[None]) -> None:
+    def _give_up(self, ticket: _Ticket, result: Deferred[None], peer_id: str) -> None:
         """The deadline passed with the publish still queued: 503 now, and never store it."""
         if ticket.give_up():
+            self._unclaim(peer_id)
             result.errback(
                 DatabaseUnavailable(
                     f"the peer database is unavailable (busy: no answer within "
@@ -244,6 +251,11 @@ class SharedBoard(Board):
                 )
             )
         # else the database thread has it: its own busy timeout ends at the deadline.
+
+    def _unclaim(self, peer_id: str) -> None:
+        """A publish not stored leaves no claim on the per-address peer limit (`admit`)."""
+        if peer_id not in self.registry:
+            self._release(peer_id)
 
     def _append(
         self, ticket: _Ticket, peer_id: str, kind: str, data: bytes, now: float, nbytes: int

@@ -9,6 +9,7 @@ takes a free one, and the real address is logged.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 from importlib import resources
@@ -24,9 +25,13 @@ from werkzeug.exceptions import NotFound
 from goop.message import PresenceMessage
 from goop.peertable import PeerTable
 from goop.rendezvous.http import make_site
+from goop.rendezvous.pages import new_nonce, security_headers
 from goop.stallprobe import StallProbe
 
 _PAGE = resources.files("goop.viewer").joinpath("viewer.html").read_bytes()
+# /peers: rows per page by default, and at most (the page asks for the first 200).
+PEERS_PAGE = 200
+MAX_PEERS_PAGE = 5000
 
 
 def _json(request: Any, value: object, code: int = 200) -> bytes:
@@ -44,34 +49,76 @@ class ViewerApp:
         table: PeerTable,
         current: Callable[[], PresenceMessage],
         stats: Callable[[], dict[str, Any]] = dict,
+        host: str = "127.0.0.1",
     ) -> None:
         self.table = table
         self.current = current
         self.stats = stats
+        # Names a browser may use for this viewer: its bind address and loopback.
+        self.allowed_hosts = frozenset(
+            {"localhost", "127.0.0.1", "::1", host.lower()} - {"", "0.0.0.0", "::"}
+        )
+        # Bound to every interface: any of the machine's addresses, as an IP literal.
+        self.any_ip = host in ("", "0.0.0.0", "::")
 
     def resource(self) -> Any:
         return self.app.resource()
 
+    def _refused(self, request: Any) -> bytes | None:
+        """403 for a Host that is not this viewer's (DNS rebinding: a page on another
+        site whose name now points at 127.0.0.1 must not read /self or /peers)."""
+        host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
+        name = host[1:].partition("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+        if name in self.allowed_hosts or (self.any_ip and _is_ip(name)):
+            return None
+        return _json(request, {"error": f"Host {host[:100]!r} is not this viewer"}, 403)
+
     @app.route("/peers", branch=False, methods=["GET", "HEAD"])
     def peers(self, request: Any) -> bytes:
-        return _json(request, self.table.rows())
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        try:
+            offset = int(request.args.get(b"offset", [b"0"])[0])
+            limit = int(request.args.get(b"limit", [str(PEERS_PAGE).encode()])[0])
+        except ValueError:
+            return _json(request, {"error": "offset and limit must be integers"}, 400)
+        if offset < 0 or not 1 <= limit <= MAX_PEERS_PAGE:
+            return _json(
+                request, {"error": f"offset >= 0 and 1 <= limit <= {MAX_PEERS_PAGE}"}, 400
+            )
+        request.setHeader(b"x-total-count", str(len(self.table)).encode())
+        return _json(request, self.table.rows(offset, limit))
 
     @app.route("/self", branch=False, methods=["GET", "HEAD"])
     def self_(self, request: Any) -> bytes:
-        return _json(request, self.current().to_dict())
+        return self._refused(request) or _json(request, self.current().to_dict())
 
     @app.route("/stats", branch=False, methods=["GET", "HEAD"])
     def stats_(self, request: Any) -> bytes:
-        return _json(request, self.stats())
+        return self._refused(request) or _json(request, self.stats())
 
     @app.route("/", branch=False, methods=["GET", "HEAD"])
     def page(self, request: Any) -> bytes:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return _PAGE
+        nonce = new_nonce()
+        security_headers(request, nonce)
+        return _PAGE.replace(b"$nonce", nonce.encode())
 
     @app.handle_errors(NotFound)
     def not_found(self, request: Any, failure: Any) -> bytes:
         return _json(request, {"error": "no such endpoint"}, 404)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _url_host(host: str) -> str:
@@ -93,7 +140,7 @@ class ViewerService(Service):
         self.host = host
         self.requested_port = port
         self.stall_probe = StallProbe(reactor)
-        self.app = ViewerApp(table, current, self._stats)
+        self.app = ViewerApp(table, current, self._stats, host)
         self.site = make_site(self.app.resource())
         self.listening: IListeningPort | None = None
 
