@@ -553,3 +553,31 @@ class TableBudgetTests(HardeningCase):
             ip="10.0.0.1", peerId="p0", content=NASTY, email="\x01" * 300, type="update"
         )
         self.assertEqual(grow.status, 503)
+
+
+class PeerSafeLogTests(HardeningCase):
+    def test_a_peer_logs_other_peers_escaped(self) -> None:
+        """A full peer's own log ("sees peer ...", punch hints) escapes what others sent."""
+        from twisted.internet.task import Clock
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        from goop.peertable import PeerTable
+        from goop.presence.node import PeerTableService, PunchDialer
+
+        lines: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        table = PeerTable("me", 20)
+        PeerTableService(Clock(), table)
+        nasty = "x\r\x1b]0;pwned\x07\x1b[2J"
+        table.observe("wan", PresenceMessage("online", nasty, nasty), 0.0)
+        PunchDialer(None)(PresenceMessage("punch", nasty, target="me", addrs=(nasty,)))
+        mine = [line for line in lines if "pwned" in line]
+        self.assertEqual(len(mine), 2)
+        for line in mine:
+            self.assertNotIn("\x1b", line)
+            self.assertNotIn("\r", line)

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from goop.logsafe import safe
 from goop.message import PresenceMessage
 
 log = Logger()
@@ -56,7 +57,9 @@ class _ContentCheck:
         d = self.adapter.fetch_content(peer_id)
         d.addCallbacks(
             lambda line: log.info(
-                "content of {peer_id} over libp2p: {line!r}", peer_id=peer_id, line=line
+                "content of {peer_id} over libp2p: {line}",
+                peer_id=peer_id,
+                line=safe(line, quote=True),
             ),
             lambda f: log.info(
                 "content of {peer_id} over libp2p failed: {why}",

@@ -28,6 +28,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from goop.identity import Identity
+from goop.logsafe import safe
 from goop.message import (
     MAX_CONTENT_BYTES,
     MessageError,
@@ -357,7 +358,7 @@ class Libp2pAdapter(Service):
         if message.peer_id != sender:
             self.log.warn(
                 "ignoring GossipSub presence for {claimed} signed by {sender}",
-                claimed=message.peer_id[:80],
+                claimed=safe(message.peer_id, 80),
                 sender=sender,
             )
             return

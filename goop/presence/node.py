@@ -21,6 +21,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from goop import __version__
 from goop.identity import Identity
+from goop.logsafe import safe
 from goop.message import PresenceMessage
 from goop.peertable import PeerTable, PeerView
 
@@ -103,18 +104,19 @@ class PunchDialer:
 
     def __call__(self, hint: PresenceMessage) -> None:
         peer_id = hint.peer_id
-        addrs = " ".join(hint.addrs) or "(no address)"
+        addrs = safe(" ".join(hint.addrs), 400) or "(no address)"
+        shown = safe(peer_id)
         if self.dialer is None:
             self.log.info(
                 "punch hint: {peer_id} at {addrs}; ignored (libp2p is off)",
-                peer_id=peer_id,
+                peer_id=shown,
                 addrs=addrs,
             )
             return
         if peer_id in self.dialling or len(self.dialling) >= MAX_PUNCH_DIALS:
             self.log.info(
                 "punch hint: {peer_id} at {addrs}; skipped (already dialling)",
-                peer_id=peer_id,
+                peer_id=shown,
                 addrs=addrs,
             )
             return
@@ -126,14 +128,14 @@ class PunchDialer:
             if isinstance(result, Failure):
                 self.log.info(
                     "punch hint: could not reach {peer_id} at {addrs}: {why}",
-                    peer_id=peer_id,
+                    peer_id=shown,
                     addrs=addrs,
                     why=result.getErrorMessage() or type(result.value).__name__,
                 )
             else:
                 self.log.info(
                     "punch hint: connected to {peer_id} (at {addrs})",
-                    peer_id=peer_id,
+                    peer_id=shown,
                     addrs=addrs,
                 )
 
@@ -175,13 +177,13 @@ class PeerTableService(Service):
     def _changed(self, kind: str, view: PeerView) -> None:
         if kind == "appeared":
             self.log.info(
-                "sees peer {peer_id} ({content!r}) via {sources}",
-                peer_id=view.peer_id,
-                content=view.message.content,
+                "sees peer {peer_id} ({content}) via {sources}",
+                peer_id=safe(view.peer_id),
+                content=safe(view.message.content, quote=True),
                 sources=",".join(view.sources),
             )
         elif kind == "left":
-            self.log.info("peer {peer_id} gone", peer_id=view.peer_id)
+            self.log.info("peer {peer_id} gone", peer_id=safe(view.peer_id))
 
     def _expire(self) -> None:
         try:

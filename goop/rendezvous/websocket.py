@@ -40,6 +40,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.logger import Logger
 
+from goop.logsafe import safe
 from goop.message import MAX_BODY_BYTES, MessageError, Origin, PresenceMessage, parse_message
 from goop.rendezvous.board import Board, Refused
 from goop.rendezvous.eventlog import Event
@@ -118,7 +119,7 @@ class SocketSubscriber(Subscriber):
         self._abort_call = None
         self.log.info(
             "cutting off /ws socket of {peer_id} from {address}: not reading for {seconds:.0f}s",
-            peer_id=self.peer_id,
+            peer_id=safe(self.peer_id),
             address=self.address,
             seconds=self._hub.max_pause,
         )
@@ -372,7 +373,7 @@ class WebSocketChannel:
             sock.last_warned = now
             self.log.warn(
                 "/ws {peer_id}: skipped a frame ({why}); {count} skipped on this socket",
-                peer_id=sock.ctx.peer_id,
+                peer_id=safe(sock.ctx.peer_id),
                 why=why,
                 count=sock.invalid,
             )
@@ -393,7 +394,7 @@ class WebSocketChannel:
             d.addErrback(
                 lambda f: self.log.warn(
                     "offline for {peer_id} (socket closed) not stored: {why}",
-                    peer_id=peer_id,
+                    peer_id=safe(peer_id),
                     why=f.getErrorMessage(),
                 )
             )
