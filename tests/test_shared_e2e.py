@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
+import os
 import socket
+import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,8 +18,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from goop.rendezvous.store import SQLiteStore
 from goop.sseparse import SSEParser
 from tests.procs import GoopProcess, run_goop
+from tests.test_shared_honesty import crashed_store, damaged_store, immutable, read_only, tmpfs
 
 PASSWORD = "pw"
 
@@ -286,12 +292,215 @@ def test_kill_9_under_load_loses_nothing_accepted(cluster: tuple[Path, list[Goop
             r.close()
 
 
-def test_damaged_database_stops_startup_naming_it(tmp_path: Path) -> None:
-    """A peer_db_path that is not a database: exit non-zero with the path and reason."""
+def publish_timed(url: str, body: dict[str, object]) -> tuple[int, float, str | None]:
+    """One POST /publish on a fresh connection: status, seconds, Retry-After."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=15)
+    started = time.monotonic()
+    try:
+        conn.request("POST", "/publish", json.dumps(body).encode())
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, time.monotonic() - started, resp.getheader("retry-after")
+    finally:
+        conn.close()
+
+
+def healthz(url: str) -> tuple[int, str]:
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=15)
+    try:
+        conn.request("GET", "/healthz")
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def test_locked_store_answers_503_within_2s(cluster: tuple[Path, list[GoopProcess]]) -> None:
+    """Another process holds BEGIN EXCLUSIVE on the shared file: every publish to
+    either instance answers 503 with Retry-After in under 2 s (they used to queue
+    behind the database thread, 5 s and more each), /healthz says 503; once the
+    lock is released both accept again, and every publish that got 204, before,
+    during or after, reaches the streams."""
+    db, procs = cluster
+    urls = [start(procs, db, f"i{i}")[1] for i in range(2)]
+    readers = [Reader(u) for u in urls]
+    answers: list[tuple[str, int, float, str | None, float]] = []  # content, status, s, retry, t
+    stop = threading.Event()
+
+    def publish_loop(index: int) -> None:
+        for i in range(2000):
+            if stop.is_set():
+                return
+            content = f"t{index}-{i}"
+            status, took, retry = publish_timed(
+                urls[i % 2],
+                {"type": "update", "peerId": f"12D3KooWlock{index}", "content": content},
+            )
+            answers.append((content, status, took, retry, time.monotonic()))
+            if status != 204:
+                stop.wait(0.05)  # a poll interval; a real peer waits Retry-After
+
+    def count(status: int, since: float = 0.0) -> int:
+        return sum(1 for a in list(answers) if a[1] == status and a[4] >= since)
+
+    threads = [threading.Thread(target=publish_loop, args=(i,), daemon=True) for i in range(3)]
+    holder: sqlite3.Connection | None = None
+    try:
+        for r in readers:
+            assert r.ready.wait(10)
+        for t in threads:
+            t.start()
+        wait(lambda: count(204) >= 30, 20, "publishes before the lock")
+        holder = sqlite3.connect(str(db), isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN EXCLUSIVE")
+        locked_at = time.monotonic()
+        wait(lambda: count(503, locked_at) >= 30, 20, "503s while locked")
+        states = [healthz(u) for u in urls]
+        assert [code for code, _ in states] == [503, 503], states
+        assert all("peer database failing: database is locked" in text for _, text in states)
+        holder.execute("ROLLBACK")
+        released_at = time.monotonic()
+        wait(lambda: count(204, released_at) >= 30, 20, "publishes accepted again")
+        assert [code for code, _ in (healthz(u) for u in urls)] == [200, 200]
+        stop.set()
+        for t in threads:
+            t.join(20)
+        refused = [a for a in answers if a[1] == 503]
+        slowest = max(a[2] for a in refused)
+        first = min((a for a in refused), key=lambda a: a[4] - a[2])
+        latencies = sorted(a[2] for a in refused)
+        print(
+            f"\nlocked store: {len(refused)} publishes refused; first after the lock "
+            f"{first[2] * 1000:.0f} ms; p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+            f"max {slowest * 1000:.0f} ms; healthy again "
+            f"{min(a[4] for a in answers if a[1] == 204 and a[4] >= released_at) - released_at:.2f}"
+            " s after the release"
+        )
+        assert slowest < 2.0
+        assert all(a[3] == "1" for a in refused)
+        assert {a[1] for a in answers} == {204, 503}
+        accepted = {a[0] for a in answers if a[1] == 204}
+        wait(
+            lambda: all(accepted <= r.contents() for r in readers),
+            20,
+            "every accepted publish on both streams",
+        )
+        assert not ({a[0] for a in refused} & readers[0].contents())
+    finally:
+        stop.set()
+        if holder is not None:
+            holder.close()
+        for r in readers:
+            r.close()
+
+
+def test_deleted_store_file_is_noticed(cluster: tuple[Path, list[GoopProcess]]) -> None:
+    """The file deleted under two running instances: each logs one error naming it,
+    refuses publishes and says 503 on /healthz (they used to go on writing into the
+    orphaned inode, and a restarted instance split from them on a new file). An
+    instance started meanwhile refuses the leftover -wal/-shm in one line; once the
+    old ones are stopped and the leftovers moved away, a new one says it created a
+    new, empty file."""
+    db, procs = cluster
+    started = [start(procs, db, f"i{i}") for i in range(2)]
+    for _, url in started:
+        assert publish_timed(url, {"type": "online", "peerId": "12D3KooWdeleted"})[0] == 204
+    db.unlink()
+    for proc, url in started:
+        proc.wait_for_line(f"peer database {db} was deleted or moved away while in use", 10)
+        code, text = healthz(url)
+        assert code == 503
+        assert text.strip() == (
+            "peer database file was deleted or moved away; restart this instance"
+        )
+        status, took, retry = publish_timed(url, {"type": "online", "peerId": "12D3KooWafter"})
+        assert (status, retry) == (503, "1") and took < 0.5
+    out = run_goop(["--rendezvous-only", "--peer-db-path", str(db)], cwd=str(db.parent), timeout=20)
+    lines = (out.stdout + out.stderr).splitlines()
+    assert out.returncode == 1
+    assert lines == [
+        f"goop: presence.peer_db_path: {db}: missing, but peers.db-wal and peers.db-shm are "
+        "there: the file was deleted while in use; stop every instance on this path, move "
+        "those files away, then start again"
+    ]
+    for proc, _ in started:
+        # Still one error line each, after more identity checks, prunes, publishes.
+        assert sum("was deleted or moved away" in line for line in proc.lines) == 1
+        proc.terminate()
+        assert proc.wait_exit(20) in (0, -15)  # twistd re-raises SIGTERM after a clean stop
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").rename(db.parent / f"old{suffix}")
+    new, new_url = start(procs, db, "i2")
+    new.wait_for_line(f"peer database {db} did not exist: created a new, empty one", 10)
+    assert healthz(new_url)[0] == 200
+    assert publish_timed(new_url, {"type": "online", "peerId": "12D3KooWnew"})[0] == 204
+
+
+def _damaged(path: Path) -> None:
+    damaged_store(str(path))
+
+
+def _locked(path: Path) -> sqlite3.Connection:
+    SQLiteStore(str(path)).open()
+    holder = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder
+
+
+@pytest.mark.parametrize(
+    "case", ["not a database", "damaged", "directory", "no directory", "locked", "immutable"]
+)
+def test_every_store_startup_error_is_one_line(tmp_path: Path, case: str) -> None:
+    """Whatever is wrong with peer_db_path, startup stops with exit status 1 and
+    exactly one line naming the setting, the file and why (a damaged file used to
+    print 101 lines)."""
     db = tmp_path / "peers.db"
-    db.write_bytes(b"garbage" * 1000)
-    out = run_goop(["--rendezvous-only", "--peer-db-path", str(db)], cwd=str(tmp_path))
-    text = out.stdout + out.stderr
-    assert out.returncode != 0
-    assert "presence.peer_db_path" in text and str(db) in text and "not a database" in text
-    assert "Traceback" not in text
+    cleanup: contextlib.ExitStack = contextlib.ExitStack()
+    with cleanup:
+        if case == "not a database":
+            db.write_bytes(b"garbage" * 1000)
+            why = "file is not a database"
+        elif case == "damaged":
+            _damaged(db)
+            why = "database is damaged: "
+        elif case == "directory":
+            db = tmp_path
+            why = "is a directory, not a database file"
+        elif case == "no directory":
+            db = tmp_path / "missing" / "peers.db"
+            why = f"directory {tmp_path / 'missing'} does not exist"
+        elif case == "locked":
+            cleanup.callback(_locked(db).close)
+            why = "locked by another process for more than 5s (database is locked)"
+        else:
+            crashed_store(str(db))
+            cleanup.enter_context(immutable(str(db)))
+            why = "not writable (operation not permitted"
+        out = run_goop(
+            ["--rendezvous-only", "--peer-db-path", str(db)], cwd=str(tmp_path), timeout=20
+        )
+    lines = (out.stdout + out.stderr).splitlines()
+    assert out.returncode == 1, lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"goop: presence.peer_db_path: {db}: {why}"), lines
+
+
+def test_read_only_filesystem_stops_startup_in_one_line(tmp_path: Path) -> None:
+    """A store on a filesystem now mounted read-only, with the -wal/-shm a killed
+    instance left: it used to start, say 200 on /healthz and 503 every publish.
+    Now startup tries a real write and stops: one line, exit status 1."""
+    with tmpfs(str(tmp_path)) as mnt:
+        db = os.path.join(mnt, "peers.db")
+        crashed_store(db)
+        read_only(mnt)
+        try:
+            out = run_goop(
+                ["--rendezvous-only", "--peer-db-path", db], cwd=str(tmp_path), timeout=20
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail("goop started on a read-only store instead of refusing it")
+    lines = (out.stdout + out.stderr).splitlines()
+    assert out.returncode == 1
+    assert lines == [f"goop: presence.peer_db_path: {db}: not writable (read-only file system)"]

@@ -156,9 +156,9 @@ class SharedBoard(Board):
 
     def start(self) -> None:
         if self.store.created:
+            # Expected on a first start; on a restart it means the store was lost.
             self.log.warn(
-                "peer database {path} did not exist: created a new, empty one (instances "
-                "still running on a deleted file at that path must be restarted)",
+                "peer database {path} did not exist: created a new, empty one",
                 path=self.store.path,
             )
         self._pool.start()
