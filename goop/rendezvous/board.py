@@ -213,11 +213,6 @@ class Board:
         else:
             del self._owned[key]
 
-    def forget_unregistered(self) -> None:
-        """Drop claims of peers that never made it into the table (a failed store write)."""
-        for peer_id in [p for p in self._owner if p not in self.registry]:
-            self._release(peer_id)
-
     def backlog(self, last_event_id: str | None, changes_only: bool = False) -> Backlog:
         """What a new subscriber gets first: a replay when possible, else the snapshot.
 
