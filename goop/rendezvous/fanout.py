@@ -421,6 +421,9 @@ class Hub:
             WS: (max_websockets, max_websockets_per_ip),
         }
         self.subscribers: set[Subscriber] = set()
+        # The same, split by mode: changes-only ones skip batches with no change.
+        self._plain: set[Subscriber] = set()
+        self._changes_only: set[Subscriber] = set()
         self.counts: dict[str, int] = {SSE: 0, WS: 0}
         self.per_address: dict[str, int] = {}  # /events streams per client address
         self.ws_per_address: dict[str, int] = {}  # /ws sockets per client address
@@ -493,6 +496,7 @@ class Hub:
             sub.pending = {}
             self.drain_later(sub)
         self.subscribers.add(sub)
+        (self._changes_only if sub.changes_only else self._plain).add(sub)
         self.counts[sub.kind] += 1
         counts = self._per_address(sub.kind)
         counts[sub.address] = counts.get(sub.address, 0) + 1
@@ -503,6 +507,7 @@ class Hub:
         if sub not in self.subscribers:
             return
         self.subscribers.discard(sub)
+        (self._changes_only if sub.changes_only else self._plain).discard(sub)
         sub._cancel_abort()
         sub.pending = None
         sub.backlog = None
@@ -533,8 +538,13 @@ class Hub:
         batch, self._batch = self._batch, []
         if not batch:
             return
-        if self.subscribers:
-            self._jobs.append(_Job(batch, list(self.subscribers)))
+        # A batch of heartbeats that change nothing is for plain streams only:
+        # 10,000 changes-only /ws peers must not each be visited per batch.
+        subs = list(self._plain)
+        if self._changes_only and any(e.changed for e in batch):
+            subs.extend(self._changes_only)
+        if subs:
+            self._jobs.append(_Job(batch, subs))
             if schedule:
                 self._schedule()
         if self.on_batch is not None:
