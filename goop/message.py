@@ -101,6 +101,13 @@ FIELDS: Final[tuple[Field, ...]] = (
 
 # lower-cased input name -> field
 _BY_KEY: Final = {f.wire.lower(): f for f in FIELDS}
+# What encode() writes, in order: (wire name, attribute, written even when empty, list?).
+_OUT: Final = tuple((f.wire, f.attr, f.always, f.kind is tuple) for f in FIELDS if f.relayed)
+_OUT_PUNCH: Final = tuple(
+    (wire, attr, wire in ("type", "peerId", "ts"), is_list) for wire, attr, _, is_list in _OUT
+)
+# Made once: json.dumps/loads with options build a new encoder/decoder per call.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _EMPTY: Final[dict[type, Any]] = {str: "", bool: False, int: 0, tuple: ()}
 
 
@@ -135,18 +142,16 @@ class PresenceMessage:
         """The relayed fields, in goop2's order, empty optional ones left out."""
         out: dict[str, Any] = {}
         # A punch carries what goop2's does: type, peerId, target, addrs, ts.
-        always_ok = self.type != PUNCH
-        for f in FIELDS:
-            if not f.relayed:
-                continue
-            value = getattr(self, f.attr)
-            if (f.always and (always_ok or f.wire in ("type", "peerId", "ts"))) or value:
-                out[f.wire] = list(value) if f.kind is tuple else value
+        plan = _OUT_PUNCH if self.type == PUNCH else _OUT
+        for wire, attr, always, is_list in plan:
+            value = getattr(self, attr)
+            if always or value:
+                out[wire] = list(value) if is_list else value
         return out
 
     def encode(self) -> bytes:
         """Compact one-line JSON (never contains CR or LF), UTF-8."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+        return _ENCODER.encode(self.to_dict()).encode()
 
     def same_state(self, other: PresenceMessage) -> bool:
         """True when ``other`` says the same about the peer (only type or ts differ)."""
@@ -192,6 +197,9 @@ def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_DECODER: Final = json.JSONDecoder(object_pairs_hook=_pairs_hook, parse_constant=_reject_constant)
+
+
 def _utf8_len(field: str, value: str) -> int:
     try:
         return len(value.encode("utf-8"))
@@ -209,7 +217,7 @@ def decode_json(body: bytes) -> object:
     except UnicodeDecodeError as e:
         raise MessageError(f"body is not valid UTF-8 (byte {e.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_pairs_hook, parse_constant=_reject_constant)
+        return _DECODER.decode(text)
     except _Duplicate as d:
         raise MessageError(f"duplicate field {_short(d.key)!r}") from None
     except MessageError:
@@ -221,14 +229,25 @@ def decode_json(body: bytes) -> object:
 
 
 def parse_message(
-    body: bytes, now_ms: int, origin: Origin = Origin.CLIENT, peer_id: str = ""
+    body: bytes,
+    now_ms: int,
+    origin: Origin = Origin.CLIENT,
+    peer_id: str = "",
+    verified: bool | None = None,
 ) -> PresenceMessage:
     """Validate ``body`` as one presence message (see `message_from_object`)."""
-    return message_from_object(decode_json(body), now_ms, origin, peer_id)
+    return message_from_object(decode_json(body), now_ms, origin, peer_id, verified)
 
 
 def _check(f: Field, value: Any) -> Any:
     kind = f.kind
+    if kind is str and value.__class__ is str and len(value) * 4 <= f.limit:
+        # Short enough that its UTF-8 cannot be over the limit; only a lone
+        # surrogate (which json.loads lets through) could still be wrong.
+        if value.isascii():
+            return value
+        _utf8_len(f.wire, value)
+        return value
     if value is None:
         return _EMPTY[kind]
     if kind is str:
@@ -263,13 +282,20 @@ def _check(f: Field, value: Any) -> Any:
 
 
 def message_from_object(
-    obj: object, now_ms: int, origin: Origin = Origin.CLIENT, peer_id: str = ""
+    obj: object,
+    now_ms: int,
+    origin: Origin = Origin.CLIENT,
+    peer_id: str = "",
+    verified: bool | None = None,
 ) -> PresenceMessage:
     """Validate an already-decoded JSON value as a message from ``origin``.
 
     ``now_ms`` fills in ``ts`` when it is 0 or missing; ``peer_id`` fills in
-    ``peerId`` when it is missing (a /ws socket knows whose it is). Raises
-    `MessageError` for anything but a well-formed message; never anything else.
+    ``peerId`` when it is missing (a /ws socket knows whose it is). With
+    ``verified`` given, the message is made as a server relays it: that
+    ``verified``, and no token (the same as `PresenceMessage.stamped`, without
+    a copy). Raises `MessageError` for anything but a well-formed message;
+    never anything else.
     """
     if not isinstance(obj, dict):
         raise MessageError(f"expected a JSON object, got {_json_type(obj)}")
@@ -296,6 +322,9 @@ def message_from_object(
         values["peer_id"] = peer_id
     if not values.get("ts"):
         values["ts"] = now_ms
+    if verified is not None:
+        values["verified"] = verified
+        values.pop("verification_token", None)
     return PresenceMessage(**values)
 
 

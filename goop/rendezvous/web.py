@@ -189,7 +189,7 @@ class RendezvousApp:
             )
         body = request.content.read()
         try:
-            message = parse_message(body, int(now * 1000))
+            message = parse_message(body, int(now * 1000), verified=True)
         except MessageError as e:
             return error_json(request, 400, str(e))
         try:
@@ -224,8 +224,10 @@ class RendezvousApp:
         without one, every accepted message is relayed with ``verified: true``
         (docs/rendezvous.md); the client's own value was never read.
         """
+        if not message.verified:
+            message = message.stamped(verified=True)
         self.board.admit(message, address)
-        return self.board.accept(message.stamped(verified=True), nbytes, now)
+        return self.board.accept(message, nbytes, now)
 
     @app.route("/events", branch=False)
     def events(self, request: Any) -> bytes | Deferred[bytes]:

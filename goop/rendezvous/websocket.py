@@ -348,7 +348,7 @@ class WebSocketChannel:
             return
         peer_id = sock.ctx.peer_id
         try:
-            message = parse_message(payload, int(now * 1000), Origin.CLIENT, peer_id)
+            message = parse_message(payload, int(now * 1000), Origin.CLIENT, peer_id, True)
         except MessageError as e:
             self._skip(sock, now, str(e))
             return
