@@ -12,12 +12,12 @@ from typing import Any
 
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.trial.unittest import TestCase
 
 from goop.config import PresenceConfig
 from goop.message import PresenceMessage
 from goop.rendezvous.backlog import SLICE_BYTES
 from goop.rendezvous.service import RendezvousService
+from tests.test_ws import RendezvousTestCase
 
 # JSON writes each of these as \u0001: 4 KiB of content becomes 24 KiB on the wire.
 NASTY = "\x01" * 4096
@@ -55,17 +55,8 @@ class _NonReader(protocol.Protocol):
             self.lost.callback(None)
 
 
-class HardeningCase(TestCase):
+class HardeningCase(RendezvousTestCase):
     timeout = 60
-
-    def start(self, **config: Any) -> RendezvousService:
-        settings: dict[str, Any] = {"rendezvous_port": 0, "publish_rate_limit": 0}
-        settings.update(config)
-        service = RendezvousService(PresenceConfig(**settings), reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
-        self.service = service
-        return service
 
     @defer.inlineCallbacks
     def non_reader(self, request: bytes, source: str = "127.0.0.1") -> Any:

@@ -26,7 +26,9 @@ GOOP2_UPDATE = {
 }
 
 
-class WsTestCase(TestCase):
+class RendezvousTestCase(TestCase):
+    """A real rendezvous on 127.0.0.1:0 (no rate limit unless asked), stopped after."""
+
     timeout = 30
 
     def start(self, **config: Any) -> RendezvousService:
@@ -39,6 +41,8 @@ class WsTestCase(TestCase):
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         return service
 
+
+class WsTestCase(RendezvousTestCase):
     @property
     def base(self) -> str:
         return f"127.0.0.1:{self.service.port}"

@@ -297,3 +297,15 @@ def wrong_method(request: Any, allowed: str) -> bytes | None:
         name = method.decode("latin-1")
         return error_json(request, 405, f"method {name} not allowed; use {allowed}")
     return None
+
+
+def page_of(request: Any, default: int, most: int) -> tuple[int, int] | str:
+    """``(offset, limit)`` from a request's ``?offset=&limit=``, or why they are wrong."""
+    try:
+        offset = int(request.args.get(b"offset", [b"0"])[0])
+        limit = int(request.args.get(b"limit", [str(default).encode()])[0])
+    except ValueError:
+        return "offset and limit must be integers"
+    if offset < 0 or not 1 <= limit <= most:
+        return f"offset >= 0 and 1 <= limit <= {most}"
+    return offset, limit

@@ -37,6 +37,7 @@ from goop.rendezvous.http import (
     client_address,
     error_json,
     limit_key,
+    page_of,
     reason,
     send_json,
     wrong_method,
@@ -405,15 +406,11 @@ class RendezvousApp:
         refused = wrong_method(request, "GET") or self._admin_refusal(request)
         if refused is not None:
             return refused
-        try:
-            offset = int(request.args.get(b"offset", [b"0"])[0])
-            limit = int(request.args.get(b"limit", [str(PEERS_PAGE).encode()])[0])
-        except ValueError:
-            return error_json(request, 400, "offset and limit must be integers")
-        if offset < 0 or not 1 <= limit <= MAX_PEERS_PAGE:
-            return error_json(request, 400, f"offset >= 0 and 1 <= limit <= {MAX_PEERS_PAGE}")
+        page = page_of(request, PEERS_PAGE, MAX_PEERS_PAGE)
+        if isinstance(page, str):
+            return error_json(request, 400, page)
         request.setHeader(b"x-total-count", str(len(self.board.registry)).encode())
-        return send_json(request, 200, self._peer_rows(offset, limit))
+        return send_json(request, 200, self._peer_rows(*page))
 
     @app.route("/logs.json", branch=False)
     def logs_json(self, request: Any) -> bytes:

@@ -24,7 +24,7 @@ from werkzeug.exceptions import NotFound
 
 from goop.message import PresenceMessage
 from goop.peertable import PeerTable
-from goop.rendezvous.http import make_site
+from goop.rendezvous.http import make_site, page_of
 from goop.rendezvous.pages import new_nonce, security_headers
 from goop.stallprobe import StallProbe
 
@@ -78,17 +78,11 @@ class ViewerApp:
         refused = self._refused(request)
         if refused is not None:
             return refused
-        try:
-            offset = int(request.args.get(b"offset", [b"0"])[0])
-            limit = int(request.args.get(b"limit", [str(PEERS_PAGE).encode()])[0])
-        except ValueError:
-            return _json(request, {"error": "offset and limit must be integers"}, 400)
-        if offset < 0 or not 1 <= limit <= MAX_PEERS_PAGE:
-            return _json(
-                request, {"error": f"offset >= 0 and 1 <= limit <= {MAX_PEERS_PAGE}"}, 400
-            )
+        page = page_of(request, PEERS_PAGE, MAX_PEERS_PAGE)
+        if isinstance(page, str):
+            return _json(request, {"error": page}, 400)
         request.setHeader(b"x-total-count", str(len(self.table)).encode())
-        return _json(request, self.table.rows(offset, limit))
+        return _json(request, self.table.rows(*page))
 
     @app.route("/self", branch=False, methods=["GET", "HEAD"])
     def self_(self, request: Any) -> bytes:
