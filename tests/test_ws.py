@@ -219,14 +219,38 @@ class LifecycleTests(WsTestCase):
         self.assertIs(self.service.web.ws.sockets[A].subscriber is not None, True)
 
     @defer.inlineCallbacks
-    def test_server_pings_and_drops_a_peer_that_never_pongs(self) -> None:
-        """Autobahn pings every 5 s; the socket's options say so (time is not waited on)."""
+    def test_server_pings_every_5_s_and_drops_a_peer_silent_for_15_s(self) -> None:
+        """The sweep pings each open socket every 5 s (Autobahn answers with a pong, which
+        counts as heard); a socket that sends nothing for 15 s is dropped, and its peer
+        is offline for everyone. Time is a Clock (the socket is real)."""
+        from twisted.internet.task import Clock
+
+        from goop.rendezvous import websocket
+
         self.start()
         alice = yield self.peer(A)
         sock = self.service.web.ws.sockets[A]
-        self.assertEqual(sock.autoPingInterval, 5.0)
-        self.assertEqual(sock.autoPingTimeout, 10.0)
-        self.assertFalse(alice.closed.called)
+        pings: list[bytes] = []
+        real_write = sock.transport.write
+        sock.transport.write = lambda data: (pings.append(data), real_write(data))[1]
+        clock = Clock()
+        clock.advance(sock.heard)
+        channel = self.service.web.ws
+        channel.reactor = clock
+        channel._sweeper.stop()
+        channel._sweeper.clock = clock
+        channel._sweeper.start(websocket.SWEEP_EVERY, now=False)
+        clock.pump([websocket.SWEEP_EVERY] * websocket.PING_BUCKETS)
+        self.assertEqual(pings.count(websocket.PING_FRAME), 1)
+        clock.pump([websocket.SWEEP_EVERY] * websocket.PING_BUCKETS)
+        self.assertEqual(pings.count(websocket.PING_FRAME), 2)
+        # Alice answers pings (Autobahn's client does); time it as "heard" on our clock.
+        sock.heard = clock.seconds()
+        clock.pump([websocket.SWEEP_EVERY] * (websocket.PING_BUCKETS * 3 + 1))
+        self.assertEqual(channel.dropped_silent, 1)
+        yield alice.closed
+        self.assertNotIn(A, self.service.board.registry)
+        channel._sweeper.stop()
 
 
 class _Silent(protocol.Protocol):

@@ -190,6 +190,7 @@ class RendezvousService(Service):
         self._pruner.start(PRUNE_INTERVAL, now=False)
         self.stall_probe.start()
         self._pinger.start(PING_INTERVAL, now=False)
+        self.web.ws.start()
         self.log.info("rendezvous listening on {url}", url=self.url)
         if self.tls is not None:
             self.log.info(
@@ -265,6 +266,7 @@ class RendezvousService(Service):
             self._pruning.cancel()
         self._pruning = None
         self.stall_probe.stop()
+        self.web.ws.stop()
         sockets_closed = self.web.ws.close_all()
         self.hub.close_all()
         globalLogPublisher.removeObserver(self.logs)

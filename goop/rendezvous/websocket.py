@@ -38,6 +38,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.wamp.types import TransportDetails
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from goop.logsafe import safe
@@ -53,7 +54,14 @@ from goop.wsframe import text_frame
 txaio.set_global_log_level("warn")  # type: ignore[attr-defined]
 
 PING_INTERVAL: Final = 5.0
-PONG_TIMEOUT: Final = 10.0  # so a silent peer is dropped 10-15 s after its last sign of life
+# A socket that sends nothing (no frame, no pong) for this long is dropped.
+READ_DEADLINE: Final = 15.0
+# The sweep that pings and checks deadlines runs this often, visiting one of
+# PING_BUCKETS groups of sockets each time (so each socket every PING_INTERVAL).
+SWEEP_EVERY: Final = 0.2
+PING_BUCKETS: Final = round(PING_INTERVAL / SWEEP_EVERY)
+# An empty ping frame, server to client (FIN, opcode 9, unmasked, no payload).
+PING_FRAME: Final = b"\x89\x00"
 HANDSHAKE_TIMEOUT: Final = 5.0
 # Per-socket publish rate: a burst of BURST, then REFILL_PER_SECOND (a goop2
 # peer sends one update per 5 s, plus an online and the odd address change).
@@ -104,7 +112,7 @@ class SocketSubscriber(Subscriber):
             self._write(data)
 
     def ping(self) -> None:
-        pass  # Autobahn pings every PING_INTERVAL itself
+        pass  # the channel's sweep pings sockets (see WebSocketChannel._sweep)
 
     def one_frame(self, data: bytes) -> bytes:
         return text_frame(data)
@@ -148,6 +156,8 @@ class PresenceSocket(WebSocketServerProtocol):
         self.tokens = float(BURST)
         self.refilled = channel.reactor.seconds()
         self.lost: Deferred[None] = Deferred()
+        self.heard = self.refilled  # last frame or pong from the peer
+        self.bucket = channel.next_bucket()
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
@@ -194,7 +204,14 @@ class PresenceSocket(WebSocketServerProtocol):
         self.channel.opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.heard = self.channel.reactor.seconds()
         self.channel.received(self, payload, isBinary)
+
+    def onPong(self, payload: bytes) -> None:
+        self.heard = self.channel.reactor.seconds()
+
+    def onPing(self, payload: bytes) -> None:
+        self.heard = self.channel.reactor.seconds()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.channel.closed(self)
@@ -234,8 +251,10 @@ class _Factory(WebSocketServerFactory):
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
             maxFramePayloadSize=MAX_BODY_BYTES,
             maxMessagePayloadSize=MAX_BODY_BYTES,
-            autoPingInterval=PING_INTERVAL,
-            autoPingTimeout=PONG_TIMEOUT,
+            # Pings and read deadlines are the channel's sweep, not Autobahn's
+            # per-socket timers: two delayed calls per socket every 5 s were a
+            # fifth of the server's CPU with 10,000 sockets (bench, py-spy).
+            autoPingInterval=0,
             openHandshakeTimeout=HANDSHAKE_TIMEOUT,
             closeHandshakeTimeout=1,
             # Send the close frame (1009 for an oversized message, 1002 for a
@@ -279,6 +298,43 @@ class WebSocketChannel:
         self.frames_skipped = 0
         self._factory = _Factory(self)
         self._resource = WebSocketResource(self._factory)  # type: ignore[no-untyped-call]
+        self._buckets: list[set[PresenceSocket]] = [set() for _ in range(PING_BUCKETS)]
+        self._next_bucket = 0
+        self._tick = 0
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = reactor
+        self.dropped_silent = 0
+
+    def next_bucket(self) -> int:
+        self._next_bucket = (self._next_bucket + 1) % PING_BUCKETS
+        return self._next_bucket
+
+    def start(self) -> None:
+        if not self._sweeper.running:
+            self._sweeper.start(SWEEP_EVERY, now=False)
+
+    def stop(self) -> None:
+        if self._sweeper.running:
+            self._sweeper.stop()
+
+    def _sweep(self) -> None:
+        """Ping one group of open sockets; drop the ones silent past the read deadline."""
+        self._tick = (self._tick + 1) % PING_BUCKETS
+        now = self.reactor.seconds()
+        for sock in list(self._buckets[self._tick]):
+            transport: Any = sock.transport
+            if transport is None:
+                continue
+            if now - sock.heard >= READ_DEADLINE:
+                self.dropped_silent += 1
+                self.log.info(
+                    "/ws {peer_id}: nothing heard for {seconds:.0f}s; dropping the socket",
+                    peer_id=safe(sock.ctx.peer_id),
+                    seconds=now - sock.heard,
+                )
+                transport.abortConnection()
+            else:
+                transport.write(PING_FRAME)
 
     # -- HTTP side --------------------------------------------------------------
 
@@ -328,6 +384,8 @@ class WebSocketChannel:
                 self.hub.remove(old.subscriber)
             old.sendClose(1000, "replaced by a newer connection")
         self.sockets[ctx.peer_id] = sock
+        sock.heard = self.reactor.seconds()
+        self._buckets[sock.bucket].add(sock)
         sub = sock.subscriber = SocketSubscriber(self.hub, sock, ctx)
         sock.transport.registerProducer(sub, True)  # type: ignore[union-attr]
         no_delay(sock.transport)
@@ -383,6 +441,7 @@ class WebSocketChannel:
         if sub is None:
             return  # a probe, or a handshake that never completed
         sock.subscriber = None
+        self._buckets[sock.bucket].discard(sock)
         self.hub.remove(sub)
         peer_id = sock.ctx.peer_id
         if self.sockets.get(peer_id) is sock:
