@@ -166,11 +166,12 @@ class PresenceMessage:
         )
 
     def offline(self, ts: int) -> PresenceMessage:
-        """The server's offline for this peer (expiry, socket closed): who it was, no addresses."""
-        return PresenceMessage(
-            "offline", self.peer_id, self.content, self.email, self.avatar_hash, ts,
-            verified=self.verified,
-        )
+        """The server's offline for this peer (expiry, socket closed).
+
+        Only who and when, as goop2's server sends it: a departure needs no
+        content, and a stream that is behind may hold thousands of these.
+        """
+        return PresenceMessage("offline", self.peer_id, ts=ts)
 
     def stamped(self, verified: bool) -> PresenceMessage:
         """This message as the server relays it: its ``verified``, no token."""

@@ -39,7 +39,7 @@ class ServerTests(SynchronousTestCase):
         self.server.board.prune(self.server.clock.seconds())
         self.server.clock.advance(0)
         self.assertEqual(len(plain.events()), 8)
-        self.assertEqual(contents(changes), [("online", "a"), ("update", "a2"), ("offline", "a2")])
+        self.assertEqual(contents(changes), [("online", "a"), ("update", "a2"), ("offline", "")])
 
     def test_paused_changes_stream_coalesces_without_heartbeats(self) -> None:
         """A paused changes stream keeps only changed states; heartbeats don't displace them."""

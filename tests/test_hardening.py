@@ -572,3 +572,31 @@ class PeerSafeLogTests(HardeningCase):
         for line in mine:
             self.assertNotIn("\x1b", line)
             self.assertNotIn("\r", line)
+
+
+class ChurnTests(HardeningCase):
+    def test_a_paused_stream_under_churn_is_cut_not_grown(self) -> None:
+        """Peers arriving and expiring by the thousand while a stream is paused: its
+        pending updates stay within the table's size plus the slack, then it is cut
+        (it reconnects for a fresh snapshot); the server's offline is small."""
+        from goop.rendezvous.board import PENDING_SLACK
+        from tests.inmemory import InMemoryServer
+
+        server = InMemoryServer(ttl=1)
+        conn = server.subscribe()
+        sub = next(iter(server.hub.subscribers))
+        conn.pause()
+        board = server.board
+        for wave in range(10):
+            for i in range(1000):
+                board.publish(PresenceMessage("online", f"w{wave}p{i}", NASTY), 1, float(wave))
+            server.clock.advance(0)
+            board.prune(float(wave) + 2, limit=0)
+            server.clock.advance(0)
+            if sub not in server.hub.subscribers:
+                break
+            self.assertLessEqual(len(sub.pending or {}), len(board.registry) + PENDING_SLACK)
+        self.assertNotIn(sub, server.hub.subscribers)
+        self.assertTrue(conn.transport.disconnected or conn.transport.disconnecting)
+        last = board.events.at(len(board.events) - 1)
+        self.assertLess(len(last.frame), 200)  # an expiry: who and when, not the content

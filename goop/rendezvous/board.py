@@ -25,6 +25,9 @@ PRUNE_INTERVAL: Final = 5.0
 PRUNE_SLICE: Final = 1000
 # Expiries logged one by one per slice; past this, one summary line.
 LOG_EACH_EXPIRY: Final = 20
+# A stream that is behind may hold this many more pending peers than the
+# table has now (peers that left meanwhile) before it is cut (see fanout).
+PENDING_SLACK: Final = 4096
 # Retry-After (seconds) when the peer table or an address's share of it is full.
 FULL_RETRY_AFTER: Final = 30
 
@@ -59,6 +62,7 @@ class Board:
         self._owned: dict[str, int] = {}  # address key -> peers it registered
         self.hints_sent = 0
         hub.on_batch = self._count_sent
+        hub.pending_cap = lambda: len(self.registry) + PENDING_SLACK
 
     @property
     def healthy(self) -> str | None:

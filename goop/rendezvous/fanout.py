@@ -133,7 +133,19 @@ class Subscriber:
                 else:
                     self.request.write(data)
         else:
-            self.pending.update(latest())
+            self.coalesce(latest)
+
+    def coalesce(self, latest: Callable[[], dict[str, Event]]) -> None:
+        """While behind: keep each peer's newest event. Under churn (peers coming and
+        going by the thousand) that is more peers than the table ever holds at once;
+        past the hub's cap the stream is cut as a stalled one is (it reconnects and
+        gets a fresh snapshot), so a reader that is behind costs bounded memory."""
+        pending = self.pending
+        assert pending is not None
+        pending.update(latest())
+        cap = self._hub.pending_cap
+        if cap is not None and len(pending) > cap():
+            self._cut_off(f"{len(pending)} peers' updates waiting")
 
     def _send(self, t: Any, data: bytes, chunk: bytes) -> None:
         # Nothing is queued on the transport, so the socket is next in line:
@@ -251,12 +263,19 @@ class Subscriber:
 
     def _stalled(self) -> None:
         self._abort_call = None
+        self._cut_off(f"not reading for {self._hub.max_pause:.0f}s")
+
+    def _cut_off(self, why: str) -> None:
         self.log.info(
-            "cutting off /events subscriber {address}: not reading for {seconds:.0f}s",
+            "cutting off {kind} subscriber {address}: {why}",
+            kind="/events" if self.kind == SSE else "/ws",
             address=self.address,
-            seconds=self._hub.max_pause,
+            why=why,
         )
         self._hub.remove(self)
+        self._abort()
+
+    def _abort(self) -> None:
         transport = getattr(self.request.channel, "transport", None)
         if transport is not None:
             transport.abortConnection()
@@ -438,6 +457,8 @@ class Hub:
         self._ready_at = 0.0
         # Told (events, subscriber count) for each batch: byte accounting.
         self.on_batch = on_batch
+        # Most peers a stream that is behind may hold pending (None: no cap).
+        self.pending_cap: Callable[[], int] | None = None
 
     @property
     def max_subscribers(self) -> int:

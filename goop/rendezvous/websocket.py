@@ -105,7 +105,7 @@ class SocketSubscriber(Subscriber):
         if self.pending is None:
             self._write(data)
         else:
-            self.pending.update(latest())
+            self.coalesce(latest)
 
     def write(self, data: bytes) -> None:
         if not self.paused:
@@ -123,15 +123,7 @@ class SocketSubscriber(Subscriber):
     def frame_size(self, event: Event) -> int:
         return len(event.ws_frame)
 
-    def _stalled(self) -> None:
-        self._abort_call = None
-        self.log.info(
-            "cutting off /ws socket of {peer_id} from {address}: not reading for {seconds:.0f}s",
-            peer_id=safe(self.peer_id),
-            address=self.address,
-            seconds=self._hub.max_pause,
-        )
-        self._hub.remove(self)
+    def _abort(self) -> None:
         transport: Any = self.socket.transport
         if transport is not None:
             transport.abortConnection()
