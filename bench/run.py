@@ -9,18 +9,23 @@ tables, which it also writes into ``docs/benchmarks.md``.
 
 Besides the K x rate grid, the default run has a multi-instance cell (three
 servers sharing one ``--peer-db-path`` file, publishers on the first,
-subscribers spread over all three) and steady-state cells: N peers each
-heartbeating every 5 s, watched by 100 subscribers on classic streams or on
-``/events?changes=1`` streams.
+subscribers spread over all three), steady-state cells (N peers each
+heartbeating every 5 s over HTTP, watched by 100 subscribers on classic
+streams or on ``/events?changes=1`` streams) and ``/ws`` cells: N peers each
+heartbeating every 5 s on its own changes-only WebSocket
+(``bench/wsload.py``, core 1), 100 changes-only streams watching, and the
+server's RSS per idle socket on the way.
 
-    .venv/bin/python bench/run.py                      # the default run (~5 min)
-    .venv/bin/python bench/run.py --seconds 3 --cells 10:2,200:max --steady ''
+    .venv/bin/python bench/run.py                      # the default run (~20 min)
+    .venv/bin/python bench/run.py --seconds 3 --cells 10:2,200:max --steady '' --ws '' --docs ''
+    .venv/bin/python bench/run.py --cells '' --steady '' --ws 1000 --ws-seconds 5 --docs ''
     .venv/bin/python bench/run.py serve                # just the pinned server (cross-checks)
 
 A cell is ``K:RATE[:INSTANCES]`` with RATE a number of msg/s, ``k/5`` or
-``max``; ``--steady N,...`` lists the steady-state peer counts.
-Only 127.0.0.1 is contacted; every wait is bounded; the server and the
-generator are killed at the end and on Ctrl-C.
+``max``; ``--steady N,...`` and ``--ws N,...`` list the steady-state peer
+counts. ``--py-spy DIR`` profiles the server in the steady-state and ``/ws``
+windows. Only 127.0.0.1 is contacted; every wait is bounded; the server and
+the generators are killed at the end and on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -175,6 +180,13 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def proc_sys_s(pid: int) -> float:
+    """The kernel part (stime) of ``proc_cpu_s``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[12]) / CLK_TCK
+
+
 def proc_rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE_KB
@@ -198,6 +210,7 @@ class Server:
             "taskset", "-c", self.args.server_core, twistd, "--pidfile=", "-n", "goop",
             "--rendezvous-only", "--rendezvous-port", "0", "--publish-rate-limit", "0",
             "--max-subscribers", "0", "--max-subscribers-per-ip", "0",
+            "--max-peers", "0", "--max-peers-per-ip", "0", "--max-connections-per-ip", "0",
             "--admin-password", ADMIN_PASSWORD,
         ]  # fmt: skip
         if self.peer_db_path:
@@ -230,6 +243,16 @@ class Server:
             return json.loads(body)
         finally:
             conn.close()
+
+    def peer_rows(self, page: int = 5000) -> list[dict[str, Any]]:
+        """Every row of the admin ``/peers.json``, page by page (bounded)."""
+        rows: list[dict[str, Any]] = []
+        for _ in range(1000):
+            got = self.admin_json(f"/peers.json?offset={len(rows)}&limit={page}", timeout=60)
+            rows.extend(got)
+            if len(got) < page:
+                break
+        return rows
 
     def check_alive(self) -> None:
         assert self.proc is not None
@@ -400,19 +423,30 @@ def run_cell(
     }
 
 
+SPY_STARTED = re.compile(r"Sampling process")
+
+
 def start_profile(args: argparse.Namespace, pid: int, name: str, seconds: float) -> Proc | None:
-    """With ``--py-spy DIR``: sample the server for ``seconds`` (py-spy on the generator's
-    core, not pausing the server), into DIR/NAME.txt as collapsed stacks."""
+    """With ``--py-spy DIR``: sample the server during a window of ``seconds`` (py-spy on
+    the generator's core, not pausing the server) into DIR/NAME.txt as collapsed stacks
+    (``bench/spysum.py`` sums them up). Returns once sampling has begun; it stops a
+    second before the window ends, so nothing after the window is in the profile."""
     if not args.py_spy:
         return None
     spy = Path(sys.executable).parent / "py-spy"
     out = Path(args.py_spy) / f"{name}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
+    # --native needs to stop the server for each sample: fewer samples then.
+    how = (
+        ["--native", "--rate", "100"] if args.py_spy_native else ["--nonblocking", "--rate", "250"]
+    )
     cmd = [
-        "taskset", "-c", args.gen_core, str(spy), "record", "--nonblocking", "--format", "raw",
-        "--rate", "250", "-d", str(max(1, round(seconds))), "-p", str(pid), "-o", str(out),
+        "taskset", "-c", args.gen_core, str(spy), "record", *how, "--format", "raw",
+        "-d", str(max(1, int(seconds) - 1)), "-p", str(pid), "-o", str(out),
     ]  # fmt: skip
-    return Proc(cmd, "py-spy", stderr=subprocess.STDOUT)
+    proc = Proc(cmd, "py-spy", stderr=subprocess.STDOUT)
+    proc.wait_line(SPY_STARTED, 30)
+    return proc
 
 
 def run_steady(args: argparse.Namespace, n: int, changes: bool, index: int) -> dict[str, Any]:
@@ -454,12 +488,14 @@ def run_steady(args: argparse.Namespace, n: int, changes: bool, index: int) -> d
             args, server.pid, f"steady-{n}-{'changes' if changes else 'classic'}", seconds
         )
         cpu0 = proc_cpu_s(server.pid)
+        sys0 = proc_sys_s(server.pid)
         t0 = time.monotonic()
         sub.send("go")
         sub.read_json(10)
         pub.send("start")
         pres = pub.read_json(seconds + 60)
         cpu1 = proc_cpu_s(server.pid)
+        sys1 = proc_sys_s(server.pid)
         pub_wall = time.monotonic() - t0
         stats1 = server.stats()
         sub.send("drain " + json.dumps(pres.pop("latest")))
@@ -487,6 +523,7 @@ def run_steady(args: argparse.Namespace, n: int, changes: bool, index: int) -> d
         "errors": pres["errors"],
         "publishes_per_s": round(pres["accepted"] / pres["send_s"], 1),
         "server_cpu_pct": round(100 * (cpu1 - cpu0) / pub_wall, 1),
+        "server_sys_pct": round(100 * (sys1 - sys0) / pub_wall, 1),
         "bytes_per_s": round(nbytes / window),
         "bytes_per_s_per_sub": round(nbytes / window / subs),
         "events_per_s_per_sub": round(sres["events"] / window / subs, 1),
@@ -528,8 +565,9 @@ def run_ws(args: argparse.Namespace, n: int, index: int) -> dict[str, Any]:
         server.stats()
         ws_cmd = [
             *gen, str(WSLOAD), "--port", str(server.port), "--n", str(n),
-            "--prefix", f"ws-{index}-", "--frames", args.ws_frames,
+            "--prefix", f"ws-{index}-",
             "--interval", str(interval), "--connect-timeout", str(args.ws_open_timeout),
+            "--open", args.ws_open,
         ]  # fmt: skip
         ws = Proc(ws_cmd, "ws peers", stdin=True)
         registered = ws.read_json(180)
@@ -567,31 +605,40 @@ def run_ws(args: argparse.Namespace, n: int, index: int) -> dict[str, Any]:
         # server's pings (every 5 s per socket) are in their cycle.
         time.sleep(args.ws_warmup)
         server.check_alive()
-        stats0 = server.stats()  # starts a new stall window
-        ws.send("stats")
-        g0 = ws.read_json(10)
+        spy = start_profile(args, server.pid, f"ws-{n}", seconds)
         sub.send("go")
         sub.read_json(10)
-        spy = start_profile(args, server.pid, f"ws-{n}", seconds)
+        ws.send("stats")
+        g0 = ws.read_json(10)
+        # The window: server CPU from cpu0 to cpu1; stalls and accepted messages
+        # (the event id count) between two /stats.json reads just inside it.
         cpu0 = proc_cpu_s(server.pid)
+        sys0 = proc_sys_s(server.pid)
         t0 = time.monotonic()
-        time.sleep(seconds)
-        cpu1 = proc_cpu_s(server.pid)
-        wall = time.monotonic() - t0
+        stats0 = server.stats()  # starts a new stall window
+        s0 = time.monotonic()
+        time.sleep(max(0.0, seconds - (s0 - t0)))
+        s1 = time.monotonic()
         stats1 = server.stats()
+        s2 = time.monotonic()
+        cpu1 = proc_cpu_s(server.pid)
+        sys1 = proc_sys_s(server.pid)
+        wall = time.monotonic() - t0
         ws.send("stats")
         g1 = ws.read_json(10)
+        # Heartbeats stop, so the table holds still while it is paged through.
+        ws.send("stop")
+        ws.read_json(10)
+        stopped = time.time()
         sub.send("drain {}")
         sres = sub.read_json(args.drain_max + 60)
         server.check_alive()
         rss2 = proc_rss_kb(server.pid)
-        # Every peer's heartbeats reach the server: each was heard within the
-        # last interval (plus slack), and none went offline.
-        rows = server.admin_json("/peers.json", timeout=60)
-        now = time.time()
+        # Every peer's heartbeats reached the server: each was heard within the
+        # last interval (plus slack) before they stopped, and none went offline.
         prefix = f"ws-{index}-"
-        mine = [r for r in rows if r["peer_id"].startswith(prefix)]
-        fresh = sum(1 for r in mine if now - r["last_seen"] <= interval + 2.0)
+        mine = {r["peer_id"]: r for r in server.peer_rows() if r["peer_id"].startswith(prefix)}
+        fresh = sum(1 for r in mine.values() if stopped - r["last_seen"] <= interval + 1.0)
         ws.send("quit")
         sub.send("quit")
         if spy is not None:
@@ -600,7 +647,8 @@ def run_ws(args: argparse.Namespace, n: int, index: int) -> dict[str, Any]:
         stop_procs([ws, sub, spy], servers)
 
     g_wall = g1["t"] - g0["t"]
-    accepted = stats1["event_head"] - stats0["event_head"]
+    # Each count was read somewhere inside its request: time them at the middle.
+    accepted = (stats1["event_head"] - stats0["event_head"]) / ((s1 + s2) / 2 - (t0 + s0) / 2)
     gen_cpu = g1["cpu_s"] - g0["cpu_s"] + sres["cpu_s"]
     return {
         "mode": "ws",
@@ -609,11 +657,13 @@ def run_ws(args: argparse.Namespace, n: int, index: int) -> dict[str, Any]:
         "seconds": seconds,
         "target_per_s": n / interval,
         "heartbeats_per_s": round((g1["heartbeats"] - g0["heartbeats"]) / g_wall, 1),
-        "accepted_per_s": round(accepted / wall, 1),
+        "accepted_per_s": round(accepted, 1),
         "pongs_per_s": round((g1["pongs"] - g0["pongs"]) / g_wall, 1),
         "server_cpu_pct": round(100 * (cpu1 - cpu0) / wall, 1),
+        "server_sys_pct": round(100 * (sys1 - sys0) / wall, 1),
         "stall_ms": stats1["window_max_stall_ms"],
         "gc_ms": stats1.get("window_max_gc_ms", 0.0),
+        "gc_generation": stats1.get("window_max_gc_generation"),
         "rss_before_kb": rss0,
         "rss_idle_kb": rss1,
         "rss_kb": rss2,
@@ -630,7 +680,9 @@ def run_ws(args: argparse.Namespace, n: int, index: int) -> dict[str, Any]:
         "register_s": registered.get("register_s"),
         "handshakes_s": opened.get("handshakes_s"),
         "open_s": opened.get("open_s"),
+        "open_mode": args.ws_open,
         "snapshot_bytes": opened.get("bytes_in"),
+        "snapshot_frames_min": opened.get("texts_min"),
         "wall_s": round(wall, 2),
     }
 
@@ -653,7 +705,22 @@ def machine() -> dict[str, str]:
         tw = twisted.__version__
     except ImportError:
         tw = "?"
+    try:
+        git = ["git", "-C", str(ROOT)]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "goop"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        commit = f"{head} (goop/ with uncommitted changes)" if dirty else head
+    except (OSError, subprocess.SubprocessError):
+        commit = "?"
     return {
+        "commit": commit or "?",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": str(os.cpu_count()),
         "cpu": model,
@@ -726,8 +793,9 @@ def steady_table(rows: list[dict[str, Any]]) -> str:
 def ws_table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| peers on /ws | SSE subscribers (changes) | heartbeats/s sent / accepted "
-        "| pongs/s | server CPU % of one core | longest stall ms | RSS per idle socket KB "
-        "| server RSS MB: registered / sockets open / end | peers heard in the last 7 s "
+        "| pongs/s | server CPU % of one core (kernel part) | longest stall ms "
+        "| RSS per idle socket KB "
+        "| server RSS MB: registered / sockets open / end | peers heard in the last 6 s "
         "| generator CPU % |\n"
         "|---:|---:|---|---:|---:|---:|---:|---|---:|---:|\n"
     )
@@ -742,7 +810,8 @@ def ws_table(rows: list[dict[str, Any]]) -> str:
         out.append(
             f"| {r['peers']:,} | {r['subscribers']} "
             f"| {_fmt(r['heartbeats_per_s'])} / {_fmt(r['accepted_per_s'])} "
-            f"| {_fmt(r['pongs_per_s'])} | {_fmt(r['server_cpu_pct'])} | {_fmt(r['stall_ms'])} "
+            f"| {_fmt(r['pongs_per_s'])} | {_fmt(r['server_cpu_pct'])} "
+            f"({_fmt(r.get('server_sys_pct'))}) | {_fmt(r['stall_ms'])} "
             f"| {_fmt(r['rss_per_socket_kb'])} | {mb} | {r['peers_fresh']:,} / {r['peers']:,} "
             f"| {_fmt(r['gen_cpu_pct'])} |"
         )
@@ -810,16 +879,27 @@ def targets(rows: list[dict[str, Any]]) -> str:
     for r in ws:
         if "error" in r:
             continue
-        ok = r["server_cpu_pct"] < 20
+        target = ""
+        if r["peers"] == 10000:
+            ok = r["server_cpu_pct"] < 20
+            target = f" (target < 20%: {'met' if ok else 'NOT met'})"
         vs = ""
-        if r["peers"] in http_cpu and r["server_cpu_pct"] > 0:
+        if r["peers"] in http_cpu and http_cpu[r["peers"]] > 0:
             h = http_cpu[r["peers"]]
-            ratio = h / r["server_cpu_pct"]
-            vs = f"; the same peers over HTTP POST in this run: {_fmt(h)}% ({ratio:.1f}x)"
+            ratio = r["server_cpu_pct"] / h
+            vs = (
+                f"; the same peers heartbeating over HTTP POST in this run: {_fmt(h)}% "
+                f"(/ws takes {ratio:.2f}x that)"
+            )
         lines.append(
             f"- {r['peers']:,} peers heartbeating over /ws, {r['subscribers']} changes-only "
-            f"subscribers: server {_fmt(r['server_cpu_pct'])}% of one core (target < 20%: "
-            f"{'met' if ok else 'NOT met'}){vs}; longest stall {_fmt(r['stall_ms'])} ms"
+            f"subscribers: server {_fmt(r['server_cpu_pct'])}% of one core{target}{vs}; "
+            f"longest stall {_fmt(r['stall_ms'])} ms"
+            + (
+                f" (longest garbage collection in the window: {_fmt(r['gc_ms'])} ms)"
+                if r["gc_ms"] >= 1
+                else ""
+            )
         )
         ok = r["rss_per_socket_kb"] <= 20
         lines.append(
@@ -877,7 +957,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steady", default="1000,10000", help="steady-state peer counts ('' = none)")
     p.add_argument("--steady-seconds", type=float, default=15.0)
     p.add_argument("--steady-subs", type=int, default=100)
-    p.add_argument("--ws", default="10000", help="peer counts heartbeating over /ws ('' = none)")
+    p.add_argument(
+        "--ws", default="1000,10000", help="peer counts heartbeating over /ws ('' = none)"
+    )
     p.add_argument("--ws-seconds", type=float, default=15.0, help="/ws: measured seconds")
     p.add_argument("--ws-subs", type=int, default=100, help="/ws: changes-only SSE streams")
     p.add_argument(
@@ -887,10 +969,21 @@ def main(argv: list[str] | None = None) -> int:
         "--ws-ttl", type=int, default=600,
         help="/ws: the server's ttl_seconds (the registrations must outlive opening the sockets)",
     )  # fmt: skip
-    p.add_argument("--ws-open-timeout", type=float, default=400.0)
-    p.add_argument("--ws-frames", choices=("scan", "exact"), default="scan")
+    p.add_argument(
+        "--ws-open-timeout", type=float, default=1200.0, help="/ws: opening every socket, at most"
+    )
+    p.add_argument(
+        "--ws-open",
+        choices=("paced", "storm"),
+        default="paced",
+        help="/ws: 64 sockets opening at a time, each until its snapshot is in (paced) "
+        "or until its handshake is (storm: every snapshot owed at once)",
+    )
     p.add_argument(
         "--py-spy", default="", help="DIR: profile the server in steady and /ws windows (py-spy)"
+    )
+    p.add_argument(
+        "--py-spy-native", action="store_true", help="py-spy: C frames too (pauses the server)"
     )
     p.add_argument("--drain-max", type=float, default=10.0)
     p.add_argument("--drain-idle", type=float, default=2.0)
@@ -985,8 +1078,9 @@ def main(argv: list[str] | None = None) -> int:
         cmdline = " ".join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])])
         text = (
             f"Run {info['date']} on {info['nproc']} CPUs ({info['cpu']}), Linux "
-            f"{info['kernel']}, Python {info['python']}, Twisted {info['twisted']}; "
-            f"`{cmdline.strip()}` ({args.seconds:g} s per cell, {elapsed:.0f} s in all).\n\n"
+            f"{info['kernel']}, Python {info['python']}, Twisted {info['twisted']}, goop at "
+            f"{info['commit']}; `{cmdline.strip()}` "
+            f"({args.seconds:g} s per cell, {elapsed:.0f} s in all).\n\n"
             + md
             + "\nAgainst the targets:\n\n"
             + targets(rows)

@@ -467,11 +467,13 @@ def soak(port: int, pid: int, seconds: float) -> Any:
                 s["peers"],
                 s["subscribers"],
                 s.get("window_max_stall_ms"),
+                s.get("window_max_gc_ms"),
             )
         )
         log(
             f"t={samples[-1][0]}s rss={samples[-1][1]} MB peers={s['peers']} "
-            f"subscribers={s['subscribers']} stall(10s)={s.get('window_max_stall_ms')} ms"
+            f"subscribers={s['subscribers']} stall(10s)={s.get('window_max_stall_ms')} ms "
+            f"gc(10s)={s.get('window_max_gc_ms')} ms gen {s.get('window_max_gc_generation')}"
         )
     RUNNING[0] = False
     for looper in loopers + peers:
