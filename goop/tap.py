@@ -242,7 +242,7 @@ def tune_gc() -> None:
     """
     gc.collect()
     gc.freeze()
-    young, middle, old = gc.get_threshold()
+    young, _, old = gc.get_threshold()
     gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), GC_MIDDLE_THRESHOLD, old)
 
 
