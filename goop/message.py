@@ -49,8 +49,6 @@ MAX_TS: Final = 2**63 - 1
 
 PRESENCE_TYPES: Final = frozenset({"online", "update", "offline"})
 PUNCH: Final = "punch"
-# Kept for callers that only know presence types.
-TYPES: Final = PRESENCE_TYPES
 
 
 class Origin(enum.Enum):

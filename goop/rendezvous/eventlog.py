@@ -137,14 +137,7 @@ class EventLog:
         None also answers an id this log never issued (from the future, or
         from before its first event): the caller sends a snapshot instead.
         """
-        if last_id > self.head:
+        start = self.index_after(last_id)
+        if start is None:
             return None
-        if last_id == self.head:
-            return []
-        if not self._ring or last_id < self._ring[0].id - 1:
-            return None
-        start = last_id - self._ring[0].id + 1
-        if start < len(self._ring) and self._ring[start].id == last_id + 1:
-            return list(itertools.islice(self._ring, start, None))
-        # Ids with gaps (a shared store's rolled-back inserts): find the spot.
-        return [e for e in self._ring if e.id > last_id]
+        return list(itertools.islice(self._ring, start, None))

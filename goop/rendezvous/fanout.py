@@ -460,14 +460,6 @@ class Hub:
         # Most peers a stream that is behind may hold pending (None: no cap).
         self.pending_cap: Callable[[], int] | None = None
 
-    @property
-    def max_subscribers(self) -> int:
-        return self.limits[SSE][0]
-
-    @property
-    def max_subscribers_per_ip(self) -> int:
-        return self.limits[SSE][1]
-
     def __len__(self) -> int:
         return len(self.subscribers)
 

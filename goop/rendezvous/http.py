@@ -60,15 +60,9 @@ class BoundedRequest(Request):
         if self._refused:
             return
         self._refused = True
-        body = json.dumps({"error": why}).encode()
         # The request has not been dispatched yet, so answer on the raw
         # transport and close: reading the rest would mean accepting it.
-        self.channel.transport.write(  # type: ignore[union-attr]
-            b"HTTP/1.1 413 Payload Too Large\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (len(body), body)
-        )
+        self.channel.transport.write(raw_error(413, why))  # type: ignore[union-attr]
         self.channel.loseConnection()  # type: ignore[no-untyped-call]
 
 
@@ -121,12 +115,8 @@ class GuardedChannel(HTTPChannel):
         transport = self.transport
         if transport is None:
             return
-        body = json.dumps(
-            {"error": f"request not complete within {self.request_timeout:g} s"}
-        ).encode()
         transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+            raw_error(408, f"request not complete within {self.request_timeout:g} s")
         )
         self.timeoutConnection()  # type: ignore[no-untyped-call]  # close; abort if the client does not read it either
 
@@ -138,13 +128,8 @@ class _TooMany(Protocol):
         self.why = why
 
     def connectionMade(self) -> None:
-        body = json.dumps({"error": self.why}).encode()
         assert self.transport is not None
-        self.transport.write(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            b"Retry-After: 10\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (len(body), body)
-        )
+        self.transport.write(raw_error(503, self.why, b"Retry-After: 10\r\n"))
         self.transport.loseConnection()
 
 
@@ -275,6 +260,16 @@ def reason(code: int) -> bytes:
         return HTTPStatus(code).phrase.encode("ascii")
     except ValueError:
         return b"Unknown Status"
+
+
+def raw_error(code: int, why: str, headers: bytes = b"") -> bytes:
+    """A whole ``Connection: close`` response with a JSON error, for answering on the
+    raw transport before (or instead of) a request being dispatched."""
+    body = json.dumps({"error": why}).encode()
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (code, reason(code), headers, len(body), body)
+    )
 
 
 def send_json(request: Any, code: int, value: object) -> bytes:
