@@ -210,6 +210,21 @@ def _in_any(address: str, networks: Sequence[Network]) -> bool:
     return any(ip in net for net in networks)
 
 
+def host_name(host: str) -> str:
+    """The name part of a ``Host`` header: ``[::1]:8788`` -> ``::1``, ``x:80`` -> ``x``."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rsplit(":", 1)[0]
+
+
+def is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def limit_key(address: str, ipv6_prefix: int = 64) -> str:
     """The key every per-address limit counts a client under.
 

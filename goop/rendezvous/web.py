@@ -7,7 +7,6 @@ hands the work to the `Board`. Every error is a JSON ``{"error": ...}``.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import math
 from collections.abc import Callable, Sequence
 from itertools import islice
@@ -36,6 +35,8 @@ from goop.rendezvous.http import (
     Network,
     client_address,
     error_json,
+    host_name,
+    is_ip,
     limit_key,
     page_of,
     reason,
@@ -158,15 +159,8 @@ class RendezvousApp:
         )
 
     def own_host(self, host: str) -> bool:
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        name = name.strip("[]")
-        if name == "localhost" or name in self.server_names:
-            return True
-        try:
-            ipaddress.ip_address(name)
-        except ValueError:
-            return False
-        return True
+        name = host_name(host)
+        return name == "localhost" or name in self.server_names or is_ip(name)
 
     # -- peers ---------------------------------------------------------------
 

@@ -9,7 +9,6 @@ takes a free one, and the real address is logged.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Callable
 from importlib import resources
@@ -24,7 +23,7 @@ from werkzeug.exceptions import NotFound
 
 from goop.message import PresenceMessage
 from goop.peertable import PeerTable
-from goop.rendezvous.http import make_site, page_of
+from goop.rendezvous.http import host_name, is_ip, make_site, page_of
 from goop.rendezvous.pages import new_nonce, security_headers
 from goop.stallprobe import StallProbe
 
@@ -68,8 +67,8 @@ class ViewerApp:
         """403 for a Host that is not this viewer's (DNS rebinding: a page on another
         site whose name now points at 127.0.0.1 must not read /self or /peers)."""
         host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
-        name = host[1:].partition("]")[0] if host.startswith("[") else host.rsplit(":", 1)[0]
-        if name in self.allowed_hosts or (self.any_ip and _is_ip(name)):
+        name = host_name(host)
+        if name in self.allowed_hosts or (self.any_ip and is_ip(name)):
             return None
         return _json(request, {"error": f"Host {host[:100]!r} is not this viewer"}, 403)
 
@@ -105,14 +104,6 @@ class ViewerApp:
     @app.handle_errors(NotFound)
     def not_found(self, request: Any, failure: Any) -> bytes:
         return _json(request, {"error": "no such endpoint"}, 404)
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _url_host(host: str) -> str:
