@@ -659,6 +659,7 @@ def run_ws(args: argparse.Namespace, n: int, index: int) -> dict[str, Any]:
         "heartbeats_per_s": round((g1["heartbeats"] - g0["heartbeats"]) / g_wall, 1),
         "accepted_per_s": round(accepted, 1),
         "pongs_per_s": round((g1["pongs"] - g0["pongs"]) / g_wall, 1),
+        "keepalives_per_s": round((g1.get("keepalives", 0) - g0.get("keepalives", 0)) / g_wall, 1),
         "server_cpu_pct": round(100 * (cpu1 - cpu0) / wall, 1),
         "server_sys_pct": round(100 * (sys1 - sys0) / wall, 1),
         "stall_ms": stats1["window_max_stall_ms"],
@@ -793,7 +794,8 @@ def steady_table(rows: list[dict[str, Any]]) -> str:
 def ws_table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| peers on /ws | SSE subscribers (changes) | heartbeats/s sent / accepted "
-        "| pongs/s | server CPU % of one core (kernel part) | longest stall ms "
+        "| server pings / pongs per s | server CPU % of one core (kernel part) "
+        "| longest stall ms "
         "| RSS per idle socket KB "
         "| server RSS MB: registered / sockets open / end | peers heard in the last 6 s "
         "| generator CPU % |\n"
@@ -810,7 +812,8 @@ def ws_table(rows: list[dict[str, Any]]) -> str:
         out.append(
             f"| {r['peers']:,} | {r['subscribers']} "
             f"| {_fmt(r['heartbeats_per_s'])} / {_fmt(r['accepted_per_s'])} "
-            f"| {_fmt(r['pongs_per_s'])} | {_fmt(r['server_cpu_pct'])} "
+            f"| {_fmt(r['pongs_per_s'])} / {_fmt(r.get('keepalives_per_s'))} "
+            f"| {_fmt(r['server_cpu_pct'])} "
             f"({_fmt(r.get('server_sys_pct'))}) | {_fmt(r['stall_ms'])} "
             f"| {_fmt(r['rss_per_socket_kb'])} | {mb} | {r['peers_fresh']:,} / {r['peers']:,} "
             f"| {_fmt(r['gen_cpu_pct'])} |"
@@ -1067,8 +1070,9 @@ def main(argv: list[str] | None = None) -> int:
     if ws_rows:
         md += (
             f"\nSteady state over `/ws`: each peer sends its heartbeat (nothing changes) as a "
-            f"text frame on its own changes-only socket every 5 s and answers the server's "
-            f"pings; {args.ws_subs} changes-only SSE streams watch; {args.ws_seconds:g} s "
+            f"text frame on its own changes-only socket every 5 s, answers the server's "
+            f"pings (a socket heard within 6 s gets an unsolicited pong instead, which needs "
+            f"no answer); {args.ws_subs} changes-only SSE streams watch; {args.ws_seconds:g} s "
             f"measured after {args.ws_warmup:g} s of heartbeats.\n\n" + ws_table(ws_rows)
         )
     print()

@@ -18,12 +18,14 @@ stdout), like ``bench/loadgen.py``:
    registered with, so nothing changes), every ``--interval`` seconds, the
    peers staggered evenly over the interval. ``stop`` ends that.
 4. ``stats``: prints the counters (heartbeats written, pings seen, pongs sent,
+   the server's unsolicited pongs seen,
    frames, sockets closed by the server, own CPU seconds). ``quit``.
 
 Server frames are unmasked. The generator walks every frame header it
 receives: it counts text frames (so ``open`` can wait until each socket holds
-the whole snapshot) and answers every ping with a masked pong echoing its
-payload; any other frame than text, ping or close ends that socket.
+the whole snapshot), answers every ping with a masked pong echoing its
+payload and counts the server's unsolicited pongs; any other frame than text,
+ping, pong or close ends that socket.
 
 Every loop is bounded in count and time; only 127.0.0.1 is ever contacted.
 """
@@ -111,6 +113,7 @@ class WsPeers:
         self.bytes_in = 0
         self.pings = 0
         self.pongs = 0
+        self.keepalives = 0
         self.heartbeats = 0
         self.hb_partial = 0  # heartbeats the socket did not take at once
         self.late_max = 0.0
@@ -360,6 +363,8 @@ class WsPeers:
                 texts += 1
             elif b0 == 0x89:
                 self._pong(peer, buf[start:end])
+            elif b0 == 0x8A:
+                self.keepalives += 1  # the server's unsolicited pong: no answer
             elif b0 == 0x88:
                 pass  # the server closes the TCP connection next
             else:
@@ -473,6 +478,7 @@ class WsPeers:
             "hb_partial": self.hb_partial,
             "pings": self.pings,
             "pongs": self.pongs,
+            "keepalives": self.keepalives,
             "bytes_in": self.bytes_in,
             "texts": sum(p.texts for p in self.open_peers),
             "late_max_s": round(self.late_max, 4),

@@ -99,6 +99,10 @@ FIELDS: Final[tuple[Field, ...]] = (
 
 # lower-cased input name -> field
 _BY_KEY: Final = {f.wire.lower(): f for f in FIELDS}
+# The same, per origin, without the keys that origin may not set.
+_KEYS_FROM: Final = {
+    origin: {k: f for k, f in _BY_KEY.items() if origin not in f.ignored_from} for origin in Origin
+}
 # What encode() writes, in order: (wire name, attribute, written even when empty, list?).
 _OUT: Final = tuple((f.wire, f.attr, f.always, f.kind is tuple) for f in FIELDS if f.relayed)
 _OUT_PUNCH: Final = tuple(
@@ -299,9 +303,10 @@ def message_from_object(
     if not isinstance(obj, dict):
         raise MessageError(f"expected a JSON object, got {_json_type(obj)}")
     values: dict[str, Any] = {}
+    fields = _KEYS_FROM[origin]
     for key, value in obj.items():
-        f = _BY_KEY.get(key.lower())
-        if f is None or origin in f.ignored_from:
+        f = fields.get(key.lower())
+        if f is None:
             continue  # unknown to goop and goop2, or not this sender's to set
         if f.attr in values:
             raise MessageError(f"duplicate field {_short(key)!r}")

@@ -219,10 +219,12 @@ class LifecycleTests(WsTestCase):
         self.assertIs(self.service.web.ws.sockets[A].subscriber is not None, True)
 
     @defer.inlineCallbacks
-    def test_server_pings_every_5_s_and_drops_a_peer_silent_for_15_s(self) -> None:
-        """The sweep pings each open socket every 5 s (Autobahn answers with a pong, which
-        counts as heard); a socket that sends nothing for 15 s is dropped, and its peer
-        is offline for everyone. Time is a Clock (the socket is real)."""
+    def test_keepalive_pongs_to_a_talking_peer_pings_to_a_quiet_one(self) -> None:
+        """The sweep keeps a goop2 peer's 15 s read deadline from running out: an
+        unsolicited pong (no answer needed) every 10 s to a socket heard within QUIET
+        seconds, a ping every 5 s to one silent longer (its pong counts as heard); a
+        socket silent for 15 s is dropped, its peer offline for everyone. Time is a
+        Clock; the socket and the frames are real."""
         from twisted.internet.task import Clock
 
         from goop.rendezvous import websocket
@@ -230,9 +232,6 @@ class LifecycleTests(WsTestCase):
         self.start()
         alice = yield self.peer(A)
         sock = self.service.web.ws.sockets[A]
-        pings: list[bytes] = []
-        real_write = sock.transport.write
-        sock.transport.write = lambda data: (pings.append(data), real_write(data))[1]
         clock = Clock()
         clock.advance(sock.heard)
         channel = self.service.web.ws
@@ -240,13 +239,46 @@ class LifecycleTests(WsTestCase):
         channel._sweeper.stop()
         channel._sweeper.clock = clock
         channel._sweeper.start(websocket.SWEEP_EVERY, now=False)
-        clock.pump([websocket.SWEEP_EVERY] * websocket.PING_BUCKETS)
-        self.assertEqual(pings.count(websocket.PING_FRAME), 1)
-        clock.pump([websocket.SWEEP_EVERY] * websocket.PING_BUCKETS)
-        self.assertEqual(pings.count(websocket.PING_FRAME), 2)
-        # Alice answers pings (Autobahn's client does); time it as "heard" on our clock.
-        sock.heard = clock.seconds()
-        clock.pump([websocket.SWEEP_EVERY] * (websocket.PING_BUCKETS * 3 + 1))
+        cycle = [websocket.SWEEP_EVERY] * websocket.PING_BUCKETS
+        reads: list[defer.Deferred[None]] = []
+        read = sock.dataReceived
+
+        def spy(data: bytes) -> None:
+            read(data)
+            waiting = reads[:]
+            del reads[:]  # a waiter's callback may queue the next one
+            for d in waiting:
+                d.callback(None)
+
+        sock.dataReceived = spy
+
+        def next_read() -> defer.Deferred[None]:
+            d: defer.Deferred[None] = defer.Deferred()
+            reads.append(d)
+            return d.addTimeout(10, reactor)
+
+        clock.pump(cycle)
+        yield alice.wait_for(lambda: alice.control == ["pong"])
+        # Heartbeats (read by the fast path) keep it a talking peer: a pong every
+        # other visit (frames arrive in order, so a pong too many would show).
+        for _ in range(2):
+            heard = next_read()
+            alice.send_json({"type": "update", "peerId": A, "content": A})
+            yield heard
+            self.assertEqual(sock.heard, clock.seconds())
+            clock.pump(cycle)
+        yield alice.wait_for(lambda: alice.control == ["pong", "pong"])
+        # Quiet past QUIET (5 s after the last heartbeat nothing is due, 10 s a
+        # ping); Alice's Autobahn answers, which counts as heard.
+        answered = next_read()
+        clock.pump(cycle + cycle)
+        yield alice.wait_for(lambda: alice.control == ["pong", "pong", "ping"])
+        yield answered
+        self.assertEqual(sock.heard, clock.seconds())
+        self.assertEqual(channel.dropped_silent, 0)
+        # Nothing heard for READ_DEADLINE: dropped, and Alice is offline.
+        sock.heard = clock.seconds() - websocket.READ_DEADLINE
+        clock.pump(cycle)
         self.assertEqual(channel.dropped_silent, 1)
         yield alice.closed
         self.assertNotIn(A, self.service.board.registry)

@@ -24,6 +24,7 @@ class WsPeer(WebSocketClientProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.received: list[dict[str, Any]] = []
+        self.control: list[str] = []  # "ping" / "pong", as they arrive
         self.closed: defer.Deferred[tuple[int | None, str | None]] = defer.Deferred()
         self._waiters: list[tuple[Callable[[], bool], defer.Deferred[None]]] = []
 
@@ -34,6 +35,15 @@ class WsPeer(WebSocketClientProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.received.append(json.loads(payload))
+        self._check()
+
+    def onPing(self, payload: bytes) -> None:
+        self.control.append("ping")
+        super().onPing(payload)  # answers with a pong
+        self._check()
+
+    def onPong(self, payload: bytes) -> None:
+        self.control.append("pong")
         self._check()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:

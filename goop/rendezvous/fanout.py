@@ -119,17 +119,9 @@ class Subscriber:
         if self.pending is None:
             if data:
                 t = self._direct
-                if (
-                    t is not None
-                    and chunk
-                    and not t.dataBuffer
-                    and not t._tempDataLen
-                    and t.connected
-                    and not t.disconnecting
-                    and not t._writeDisconnected
-                    and not self.request._disconnected
-                ):
-                    self._send(t, data, chunk)
+                if t is not None and chunk and idle_tcp(t) and not self.request._disconnected:
+                    send_now(t, chunk)
+                    self.request.sentLength += len(data)
                 else:
                     self.request.write(data)
         else:
@@ -146,20 +138,6 @@ class Subscriber:
         cap = self._hub.pending_cap
         if cap is not None and len(pending) > cap():
             self._cut_off(f"{len(pending)} peers' updates waiting")
-
-    def _send(self, t: Any, data: bytes, chunk: bytes) -> None:
-        # Nothing is queued on the transport, so the socket is next in line:
-        # what send() takes is on the wire in order; the rest is queued behind
-        # it through the transport, which then applies back-pressure as usual.
-        try:
-            sent = t.socket.send(chunk)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            sent = 0  # the transport finds the error on its own write and closes
-        self.request.sentLength += len(data)
-        if sent < len(chunk):
-            t.write(chunk[sent:] if sent else chunk)
 
     def write(self, data: bytes) -> None:
         if not self.paused:
@@ -241,20 +219,13 @@ class Subscriber:
     def _direct_transport(self) -> Any:
         """The plain-TCP transport of a chunked stream whose head is written, else None."""
         request = self.request
-        t = getattr(getattr(request, "channel", None), "transport", None)
-        if (
-            isinstance(t, Connection)
-            and not getattr(t, "TLS", True)
-            and getattr(request, "chunked", False)
+        if not (
+            getattr(request, "chunked", False)
             and getattr(request, "startedWriting", False)
-            and all(
-                hasattr(t, a)
-                for a in ("socket", "dataBuffer", "_tempDataLen", "_writeDisconnected")
-            )
             and hasattr(request, "_disconnected")
         ):
-            return t
-        return None
+            return None
+        return plain_tcp(getattr(getattr(request, "channel", None), "transport", None))
 
     def _cancel_abort(self) -> None:
         if self._abort_call is not None and self._abort_call.active():
@@ -378,6 +349,49 @@ class _Job:
     @property
     def done(self) -> bool:
         return self.pos >= len(self.subs)
+
+
+def plain_tcp(t: Any) -> Any:
+    """``t`` if it is a plain (not TLS) Twisted TCP connection that `send_now` can
+    write to, else None."""
+    if (
+        isinstance(t, Connection)
+        and not getattr(t, "TLS", True)
+        and all(
+            hasattr(t, a) for a in ("socket", "dataBuffer", "_tempDataLen", "_writeDisconnected")
+        )
+    ):
+        return t
+    return None
+
+
+def idle_tcp(t: Any) -> bool:
+    """Whether nothing is queued on the open `plain_tcp` transport ``t``."""
+    return bool(
+        not t.dataBuffer
+        and not t._tempDataLen
+        and t.connected
+        and not t.disconnecting
+        and not t._writeDisconnected
+    )
+
+
+def send_now(t: Any, data: bytes) -> None:
+    """Write ``data`` to an `idle_tcp` transport straight to its socket.
+
+    Nothing is queued, so the socket is next in line: what send() takes is on
+    the wire in order; the rest is queued behind it through the transport,
+    which then applies back-pressure as usual. Saves ``transport.write``'s
+    epoll registration and later flush for the common small write.
+    """
+    try:
+        sent = t.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        sent = 0  # the transport finds the error on its own write and closes
+    if sent < len(data):
+        t.write(data[sent:] if sent else data)
 
 
 def no_delay(transport: Any) -> None:
@@ -543,6 +557,10 @@ class Hub:
         return sum(1 for sub in self.by_peer.get(peer_id, ()) if sub.send_one(data))
 
     def publish(self, event: Event) -> None:
+        if not event.changed and not self._plain:
+            # A heartbeat that changes nothing is for plain streams only (see
+            # `_cut`); with none open it has nowhere to go, and no turn is due.
+            return
         self._batch.append(event)
         self._schedule()
 

@@ -17,9 +17,20 @@ over it (GOOP2-PROTOCOL.md §4, and what goop does differently):
   A message over 64 KiB closes the socket with 1009.
 - A second socket for the same peer replaces the first, without the offline
   goop2 emits for the old one.
-- Server pings every 5 s; no pong within 10 s drops the socket. When a socket
-  ends while its peer is still registered, everyone gets that peer's offline
-  at once (kill -9 of a peer is seen within a second, not after the TTL).
+- The server keeps a goop2 client's 15 s read deadline from running out
+  with empty control frames. A socket that has said nothing for `QUIET`
+  seconds is pinged every 5 s (its pong proves it alive). One that talks (a
+  goop2 peer heartbeats every 5 s, which proves it alive already) gets an
+  unsolicited pong (RFC 6455 §5.5.3) every 10 s instead, which needs no
+  answer: a pong back would be one more frame for the server to read, and
+  at 10,000 peers each of these tiny sends costs more than the heartbeat it
+  sits beside. A socket silent for 15 s is dropped. When a socket ends
+  while its peer is still registered, everyone gets that peer's offline at
+  once (kill -9 of a peer is seen within a second, not after the TTL).
+
+Heartbeats and pongs are read by `goop.wsframe.simple_frames`, not by
+Autobahn's general frame machine (four times its cost per heartbeat); any
+other frame, and everything after it in the same read, goes to Autobahn.
 
 Back-pressure is the SSE subscriber's (`goop.rendezvous.fanout.Subscriber`):
 a socket that stops draining is paused, keeps each peer's latest state, and
@@ -45,9 +56,9 @@ from goop.logsafe import safe
 from goop.message import MAX_BODY_BYTES, MessageError, Origin, PresenceMessage, parse_message
 from goop.rendezvous.board import Board, Refused
 from goop.rendezvous.eventlog import Event
-from goop.rendezvous.fanout import WS, Hub, Subscriber, no_delay
+from goop.rendezvous.fanout import WS, Hub, Subscriber, idle_tcp, no_delay, plain_tcp, send_now
 from goop.rendezvous.http import error_json, wrong_method
-from goop.wsframe import text_frame
+from goop.wsframe import PING_FRAME, PONG_FRAME, TEXT, simple_frames, text_frame
 
 # Autobahn logs every frame and ping at debug level, and twistd writes debug
 # lines: one line per heartbeat per peer. Its warnings and errors still show.
@@ -56,12 +67,20 @@ txaio.set_global_log_level("warn")  # type: ignore[attr-defined]
 PING_INTERVAL: Final = 5.0
 # A socket that sends nothing (no frame, no pong) for this long is dropped.
 READ_DEADLINE: Final = 15.0
+# Silent this long, a socket is pinged rather than sent a pong. Over
+# PING_INTERVAL, so a peer heartbeating every 5 s is never pinged; the first
+# ping still leaves it at least READ_DEADLINE - QUIET - PING_INTERVAL = 4 s
+# to answer.
+QUIET: Final = 6.0
+# A talking socket gets an unsolicited pong once this long has passed since
+# the last control frame it was sent: the sweep visits it every 5 s, so that
+# is every second visit (10 s), leaving 5 s of a goop2 client's 15 s read
+# deadline for the frame to arrive.
+KEEPALIVE_AFTER: Final = 9.0
 # The sweep that pings and checks deadlines runs this often, visiting one of
 # PING_BUCKETS groups of sockets each time (so each socket every PING_INTERVAL).
 SWEEP_EVERY: Final = 0.2
 PING_BUCKETS: Final = round(PING_INTERVAL / SWEEP_EVERY)
-# An empty ping frame, server to client (FIN, opcode 9, unmasked, no payload).
-PING_FRAME: Final = b"\x89\x00"
 HANDSHAKE_TIMEOUT: Final = 5.0
 # Per-socket publish rate: a burst of BURST, then REFILL_PER_SECOND (a goop2
 # peer sends one update per 5 s, plus an online and the odd address change).
@@ -150,6 +169,8 @@ class PresenceSocket(WebSocketServerProtocol):
         self.lost: Deferred[None] = Deferred()
         self.heard = self.refilled  # last frame or pong from the peer
         self.bucket = channel.next_bucket()
+        self.direct: Any = None  # the plain TCP transport the sweep writes to, if any
+        self.told = float("-inf")  # when the sweep last sent this socket a ping or pong
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
@@ -184,6 +205,27 @@ class PresenceSocket(WebSocketServerProtocol):
         self.peer = details.peer
         no_delay(transport)
         self._connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's own reader takes ~4x as long over a heartbeat (and its
+        # dataReceived builds debug-log arguments for every read); the frames it
+        # alone can judge, and all that follow them in this read, still go to it.
+        if (
+            self.state == WebSocketServerProtocol.STATE_OPEN
+            and not self.data
+            and self.current_frame is None
+            and not self.inside_message
+        ):
+            frames, used = simple_frames(data, MAX_BODY_BYTES)
+            if frames:
+                self.heard = self.channel.reactor.seconds()
+                for opcode, payload in frames:
+                    if opcode == TEXT:
+                        self.channel.received(self, payload, False)
+                if used == len(data) or self.state != WebSocketServerProtocol.STATE_OPEN:
+                    return
+                data = data[used:]
+        self._dataReceived(data)
 
     def onConnect(self, request: Any) -> tuple[None, dict[str, str]]:
         # Says, as /events does, whether this socket skips no-op heartbeats.
@@ -310,23 +352,36 @@ class WebSocketChannel:
             self._sweeper.stop()
 
     def _sweep(self) -> None:
-        """Ping one group of open sockets; drop the ones silent past the read deadline."""
+        """Keep one group of open sockets alive (a ping to the quiet ones, a pong every
+        other visit to the rest); drop the ones silent past the read deadline."""
         self._tick = (self._tick + 1) % PING_BUCKETS
         now = self.reactor.seconds()
         for sock in list(self._buckets[self._tick]):
             transport: Any = sock.transport
             if transport is None:
                 continue
-            if now - sock.heard >= READ_DEADLINE:
+            silent = now - sock.heard
+            if silent >= READ_DEADLINE:
                 self.dropped_silent += 1
                 self.log.info(
                     "/ws {peer_id}: nothing heard for {seconds:.0f}s; dropping the socket",
                     peer_id=safe(sock.ctx.peer_id),
-                    seconds=now - sock.heard,
+                    seconds=silent,
                 )
                 transport.abortConnection()
+                continue
+            if silent >= QUIET:
+                frame = PING_FRAME
+            elif now - sock.told >= KEEPALIVE_AFTER:
+                frame = PONG_FRAME
             else:
-                transport.write(PING_FRAME)
+                continue
+            sock.told = now
+            t = sock.direct
+            if t is not None and idle_tcp(t):
+                send_now(t, frame)
+            else:
+                transport.write(frame)
 
     # -- HTTP side --------------------------------------------------------------
 
@@ -381,6 +436,7 @@ class WebSocketChannel:
         sub = sock.subscriber = SocketSubscriber(self.hub, sock, ctx)
         sock.transport.registerProducer(sub, True)  # type: ignore[union-attr]
         no_delay(sock.transport)
+        sock.direct = plain_tcp(sock.transport)
         self.hub.attach(sub, self.board.backlog(None, ctx.changes_only))
         # Hints this peer could not hear before its socket was up (goop2 posts
         # its online first), queued behind the snapshot it is owed.
