@@ -55,6 +55,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 WSLOAD = Path(__file__).resolve().parent / "wsload.py"
+# The 10,000-peer HTTP steady row (changes-only) on the day the /ws target
+# ("< 20% of one core") was set (issue 10): the yardstick for other days.
+HTTP_REFERENCE_PCT = 42.0
 DOCS = ROOT / "docs" / "benchmarks.md"
 DEFAULT_CELLS = ",".join(
     [f"{k}:{r}" for k in (10, 200, 1000, 5000) for r in ("k/5", "200", "max")] + ["300:200:3"]
@@ -885,7 +888,19 @@ def targets(rows: list[dict[str, Any]]) -> str:
         target = ""
         if r["peers"] == 10000:
             ok = r["server_cpu_pct"] < 20
-            target = f" (target < 20%: {'met' if ok else 'NOT met'})"
+            target = f" (target < 20%: {'met' if ok else 'NOT met'} as measured"
+            h = http_cpu.get(10000, 0.0)
+            if h > 0:
+                # The issue set "< 20%" on a machine where the HTTP row was 42%;
+                # this shared machine's speed varies 2-3x from day to day, so the
+                # same-run HTTP row is the yardstick.
+                scaled = r["server_cpu_pct"] * HTTP_REFERENCE_PCT / h
+                target += (
+                    f"; scaled to the reference machine, where this HTTP row was "
+                    f"{HTTP_REFERENCE_PCT:g}%: {_fmt(scaled)}%, "
+                    f"{'met' if scaled < 20 else 'NOT met'}"
+                )
+            target += ")"
         vs = ""
         if r["peers"] in http_cpu and http_cpu[r["peers"]] > 0:
             h = http_cpu[r["peers"]]
