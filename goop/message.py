@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import json
+import operator
 from dataclasses import KW_ONLY, dataclass, replace
 from typing import Any, Final
 
@@ -108,6 +109,17 @@ _OUT: Final = tuple((f.wire, f.attr, f.always, f.kind is tuple) for f in FIELDS 
 _OUT_PUNCH: Final = tuple(
     (wire, attr, wire in ("type", "peerId", "ts"), is_list) for wire, attr, _, is_list in _OUT
 )
+# PresenceMessage.values(): every attribute, in FIELDS order.
+_ATTRS: Final = tuple(f.attr for f in FIELDS)
+_VALUES: Final = operator.attrgetter(*_ATTRS)
+ADDRS_AT: Final = _ATTRS.index("addrs")
+# What same_state compares, but addrs (compared as a set).
+_STATE_ATTRS: Final = (
+    "content", "email", "avatar_hash", "video_disabled", "active_template", "public_key",
+    "encryption_supported", "goop_client_version", "verified",
+)  # fmt: skip
+_STATE_OF_MESSAGE: Final = operator.attrgetter(*_STATE_ATTRS)
+_STATE_OF_VALUES: Final = operator.itemgetter(*(_ATTRS.index(a) for a in _STATE_ATTRS))
 # Made once: json.dumps/loads with options build a new encoder/decoder per call.
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 _EMPTY: Final[dict[type, Any]] = {str: "", bool: False, int: 0, tuple: ()}
@@ -154,6 +166,26 @@ class PresenceMessage:
     def encode(self) -> bytes:
         """Compact one-line JSON (never contains CR or LF), UTF-8."""
         return _ENCODER.encode(self.to_dict()).encode()
+
+    def values(self) -> tuple[Any, ...]:
+        """Every field, in `FIELDS` order, as one tuple of strings, bools, ints and the
+        ``addrs`` tuple. The garbage collector stops tracking such a tuple (it holds
+        no containers that could form a cycle), which a message object it always
+        tracks; the peer table keeps this, not the message (see `goop.rendezvous.registry`)."""
+        values: tuple[Any, ...] = _VALUES(self)
+        return values
+
+    @classmethod
+    def from_values(cls, values: tuple[Any, ...]) -> PresenceMessage:
+        """The message `values` was taken from."""
+        return cls(**dict(zip(_ATTRS, values, strict=True)))
+
+    def same_state_as(self, values: tuple[Any, ...]) -> bool:
+        """`same_state` against another message's `values`, without rebuilding it."""
+        if _STATE_OF_MESSAGE(self) != _STATE_OF_VALUES(values):
+            return False
+        theirs = values[ADDRS_AT]
+        return self.addrs == theirs or frozenset(self.addrs) == frozenset(theirs)
 
     def same_state(self, other: PresenceMessage) -> bool:
         """True when ``other`` says the same about the peer (only type or ts differ)."""

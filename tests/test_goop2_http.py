@@ -183,8 +183,8 @@ class PunchPlannerTests(SynchronousTestCase):
         """New peer or a different set (order ignored); empty sets and offlines never."""
         self.assertTrue(brings_new_addrs(_peer("a", "/x"), None))
         self.assertFalse(brings_new_addrs(_peer("a"), None))
-        self.assertFalse(brings_new_addrs(_peer("a", "/x", "/y"), _peer("a", "/y", "/x")))
-        self.assertTrue(brings_new_addrs(_peer("a", "/x"), _peer("a", "/y")))
+        self.assertFalse(brings_new_addrs(_peer("a", "/x", "/y"), ("/y", "/x")))
+        self.assertTrue(brings_new_addrs(_peer("a", "/x"), ("/y",)))
         gone = PresenceMessage("offline", "a", addrs=("/x",))
         self.assertFalse(brings_new_addrs(gone, None))
 

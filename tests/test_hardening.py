@@ -600,3 +600,51 @@ class ChurnTests(HardeningCase):
         self.assertTrue(conn.transport.disconnected or conn.transport.disconnecting)
         last = board.events.at(len(board.events) - 1)
         self.assertLess(len(last.frame), 200)  # an expiry: who and when, not the content
+
+
+def test_a_peer_costs_the_garbage_collector_one_tracked_object() -> None:
+    """The soak's stalls were full collections visiting three objects per stored peer
+    (an entry, its message, its event): 75,000 at 25,000 peers. The table now keeps
+    each peer as its latest event holding the message's values in a plain tuple,
+    which the collector stops tracking; heartbeats and updates keep it that way."""
+    import gc
+
+    from twisted.internet.task import Clock
+    from twisted.logger import Logger
+
+    from goop.rendezvous.board import Board
+    from goop.rendezvous.eventlog import Event
+    from goop.rendezvous.fanout import Hub
+
+    board = Board(Hub(Clock()), 30.0)
+    # Its "peer online" lines would be kept by the test run's log capture.
+    board.log = Logger(observer=lambda event: None)
+    n = 2000
+
+    def publish(i: int, content: str, now: float) -> None:
+        board.publish(
+            PresenceMessage(
+                "update", f"12D3KooWgc{i:05d}", content, ts=1 + i,
+                addrs=("/ip4/10.0.0.1/tcp/4001", f"/ip4/10.0.0.2/tcp/{i}"),
+                public_key="k" * 44, goop_client_version="goop2 1.0", verified=True,
+            ),
+            100, now,
+        )  # fmt: skip
+
+    for i in range(n):
+        publish(i, "first", 1.0)
+    for i in range(n):
+        publish(i, "first", 2.0)  # heartbeats
+        publish(i, "second", 3.0)  # changes
+    # A tuple holding a tuple (``addrs``) is let go on the collection after the
+    # one that let go of the inner tuple.
+    gc.collect()
+    gc.collect()
+    assert len(board.registry) == n
+    for entry in board.registry:
+        assert type(entry) is Event
+        held = [x for x in gc.get_referents(entry) if gc.is_tracked(x) and x is not Event]
+        assert held == [], held
+    entry = board.registry.get("12D3KooWgc00007")
+    assert entry is not None and entry.message.content == "second"
+    assert (entry.first_seen, entry.last_seen, entry.bytes_received) == (1.0, 3.0, 300)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -300,6 +301,17 @@ class RejectionTests(SynchronousTestCase):
 
 
 class PropertyTests(SynchronousTestCase):
+    @given(presence_messages(), presence_messages())
+    def test_values_round_trip_and_compare_as_messages_do(
+        self, a: PresenceMessage, b: PresenceMessage
+    ) -> None:
+        """The peer table keeps `values()`, not the message: nothing may be lost, and
+        `same_state_as` must agree with `same_state` (and see itself as unchanged)."""
+        self.assertEqual(PresenceMessage.from_values(a.values()), a)
+        self.assertEqual(a.same_state_as(b.values()), a.same_state(b))
+        moved = replace(a, ts=a.ts + 1, type="update", addrs=tuple(reversed(a.addrs)))
+        self.assertTrue(moved.same_state_as(a.values()))
+
     @given(json_values)
     def test_any_json_value_is_a_message_or_a_clear_error(self, value: object) -> None:
         """Any JSON value parses or raises MessageError; nothing else."""

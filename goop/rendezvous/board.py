@@ -94,12 +94,12 @@ class Board:
         if entry is None:
             return None
         self._why_left[peer_id] = why
-        return self.accept(entry.message.offline(int(now * 1000)), 0, now)
+        return self.accept(PresenceMessage("offline", peer_id, ts=int(now * 1000)), 0, now)
 
     def record(self, message: PresenceMessage, event: Event, now: float, nbytes: int) -> Change:
         """Apply an event to the table, log a transition, hand it to the hub."""
         before = self.registry.get(message.peer_id)
-        previous = before.message if before is not None else None
+        previous = before.addrs if before is not None else None
         change = self.registry.apply(message, event, now, nbytes)
         event.changed = change is not Change.REFRESHED
         if change is Change.APPEARED:
@@ -124,7 +124,7 @@ class Board:
         if entry is None:
             return
         for recipient, hint in self.punch.introduce(
-            entry.message, self.registry.newest_first(), now
+            entry.peer_id, entry.addrs, self.registry.newest_first(), now
         ):
             self.hints_sent += self.hub.send_to(recipient, hint.encode())
 
@@ -140,20 +140,20 @@ class Board:
         100,000 peers expiring at once must not freeze the server for a second."""
         gone: list[str] = []
         for entry in self.registry.expired(now, self.ttl, limit):
-            self.registry.remove(entry.message.peer_id)
-            self._release(entry.message.peer_id)
-            old = entry.message
-            offline = old.offline(int(now * 1000))
-            self.hub.publish(self.events.append(old.peer_id, offline.encode()))
-            self._why_left.pop(old.peer_id, None)
+            peer_id = entry.peer_id
+            self.registry.remove(peer_id)
+            self._release(peer_id)
+            offline = PresenceMessage("offline", peer_id, ts=int(now * 1000))
+            self.hub.publish(self.events.append(peer_id, offline.encode()))
+            self._why_left.pop(peer_id, None)
             if len(gone) < LOG_EACH_EXPIRY:
                 self.log.info(
                     "peer {peer_id} offline (expired: silent for {silent:.0f}s, ttl {ttl}s)",
-                    peer_id=safe(old.peer_id),
+                    peer_id=safe(peer_id),
                     silent=now - entry.last_seen,
                     ttl=self.ttl,
                 )
-            gone.append(old.peer_id)
+            gone.append(peer_id)
         if len(gone) > LOG_EACH_EXPIRY:
             self.log.info(
                 "{more} more peers expired (silent for {ttl}s or more)",

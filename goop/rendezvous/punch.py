@@ -17,7 +17,7 @@ arrivals costs a fixed amount of memory (see docs/decisions.md).
 from __future__ import annotations
 
 from collections.abc import Container, Iterable
-from typing import Final
+from typing import Final, Protocol
 
 from goop.message import PresenceMessage
 
@@ -26,6 +26,16 @@ COOLDOWN: Final = 60.0
 MAX_PAIRS: Final = 256
 # Most pairs remembered for the cooldown; past this, new pairs wait for pruning.
 MAX_COOLDOWNS: Final = 65536
+
+
+class Reachable(Protocol):
+    """A stored peer as the planner reads it (a table entry, or a message)."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    @property
+    def addrs(self) -> tuple[str, ...]: ...
 
 
 class PunchPlanner:
@@ -50,7 +60,7 @@ class PunchPlanner:
     def plan(
         self,
         arriving: PresenceMessage,
-        others: Iterable[PresenceMessage],
+        others: Iterable[Reachable],
         reachable: Container[str],
         now: float,
     ) -> list[tuple[str, PresenceMessage]]:
@@ -82,12 +92,12 @@ class PunchPlanner:
         return out
 
     def introduce(
-        self, newcomer: PresenceMessage, others: Iterable[PresenceMessage], now: float
+        self, me: str, addrs: tuple[str, ...], others: Iterable[Reachable], now: float
     ) -> list[tuple[str, PresenceMessage]]:
-        """Hints for a peer that just became reachable (its /ws opened): the halves it
-        missed while it could not hear them, each pair's cooldown still applying."""
-        me = newcomer.peer_id
-        if not newcomer.addrs:
+        """Hints for peer ``me`` (at ``addrs``), which just became reachable (its /ws
+        opened): the halves it missed while it could not hear them, each pair's
+        cooldown still applying."""
+        if not addrs:
             return []
         ts = int(now * 1000)
         out: list[tuple[str, PresenceMessage]] = []
@@ -123,8 +133,9 @@ def _punch(peer_id: str, target: str, addrs: tuple[str, ...], ts: int) -> Presen
     return PresenceMessage("punch", peer_id, ts=ts, target=target, addrs=addrs)
 
 
-def brings_new_addrs(message: PresenceMessage, before: PresenceMessage | None) -> bool:
-    """goop2's *addrsChanged*: a new peer, or a different set of addresses (order ignored)."""
+def brings_new_addrs(message: PresenceMessage, before: tuple[str, ...] | None) -> bool:
+    """goop2's *addrsChanged*: a new peer (``before`` None), or a different set of
+    addresses than ``before`` (order ignored)."""
     if message.type == "offline" or not message.addrs:
         return False
-    return before is None or set(before.addrs) != set(message.addrs)
+    return before is None or set(before) != set(message.addrs)

@@ -1,16 +1,16 @@
 """The rendezvous server's table of online peers.
 
 Pure logic, time passed in as ``now`` (seconds). The table keeps each peer's
-latest message, the `Event` that carried it, when it was last heard and how
-many bytes it moved. Iteration order is the order of each peer's latest
-event, so walking the table yields a snapshot already sorted by event id.
+latest `Event`, which holds the message it carried (as its values), when the
+peer was first and last heard and how many bytes it moved. Iteration order
+is the order of each peer's latest event, so walking the table yields a
+snapshot already sorted by event id.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from goop.message import PresenceMessage
@@ -25,32 +25,28 @@ class Change(enum.Enum):
     IGNORED = "ignored"  # an offline message for a peer we did not have
 
 
-@dataclass(slots=True)
-class PeerEntry:
-    message: PresenceMessage
-    event: Event
-    first_seen: float
-    last_seen: float
-    bytes_received: int = 0
-    bytes_sent: int = 0
+# A peer's row: its latest event, which carries the table's bookkeeping (see
+# `Event`: one object per peer for the garbage collector to visit).
+PeerEntry = Event
 
-    def row(self) -> dict[str, Any]:
-        """The admin row (SPEC: /peers.json)."""
-        m = self.message
-        return {
-            "peer_id": m.peer_id,
-            "type": m.type,
-            "content": m.content,
-            "email": m.email,
-            "avatar_hash": m.avatar_hash,
-            "ts": m.ts,
-            "client": m.goop_client_version,
-            "verified": m.verified,
-            "addrs": list(m.addrs),
-            "last_seen": self.last_seen,
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
-        }
+
+def row(entry: PeerEntry) -> dict[str, Any]:
+    """The admin row (SPEC: /peers.json)."""
+    m = entry.message
+    return {
+        "peer_id": m.peer_id,
+        "type": m.type,
+        "content": m.content,
+        "email": m.email,
+        "avatar_hash": m.avatar_hash,
+        "ts": m.ts,
+        "client": m.goop_client_version,
+        "verified": m.verified,
+        "addrs": list(m.addrs),
+        "last_seen": entry.last_seen,
+        "bytes_sent": entry.bytes_sent,
+        "bytes_received": entry.bytes_received,
+    }
 
 
 class PeerRegistry:
@@ -67,32 +63,37 @@ class PeerRegistry:
     def __iter__(self) -> Iterator[PeerEntry]:
         return iter(self._peers.values())
 
-    def newest_first(self) -> Iterator[PresenceMessage]:
-        """Each peer's latest message, the most recently heard first."""
-        return (e.message for e in reversed(self._peers.values()))
+    def newest_first(self) -> Iterator[PeerEntry]:
+        """Each peer's entry (``peer_id``, ``addrs``, ``message``), the most recently
+        heard first."""
+        return reversed(self._peers.values())
 
     def get(self, peer_id: str) -> PeerEntry | None:
         return self._peers.get(peer_id)
 
     def apply(self, message: PresenceMessage, event: Event, now: float, nbytes: int) -> Change:
-        """Record ``message`` (carried by ``event``) heard at ``now``."""
+        """Record ``message`` (carried by ``event``) heard at ``now``: ``event`` becomes
+        the peer's entry, with the bookkeeping of the one it replaces."""
         peer_id = message.peer_id
         entry = self._peers.pop(peer_id, None)
         if entry is not None:
-            self.bytes -= len(entry.event.frame)
+            self.bytes -= len(entry.frame)
         if message.type == "offline":
             return Change.IGNORED if entry is None else Change.LEFT
         self.bytes += len(event.frame)
+        event.fields = message.values()
+        event.last_seen = now
         if entry is None:
-            self._peers[peer_id] = PeerEntry(message, event, now, now, nbytes)
+            event.first_seen = now
+            event.bytes_received = nbytes
+            self._peers[peer_id] = event
             return Change.APPEARED
-        change = Change.REFRESHED if entry.message.same_state(message) else Change.CHANGED
-        entry.message = message
-        entry.event = event
-        entry.last_seen = now
-        entry.bytes_received += nbytes
-        # Re-inserting keeps the dict ordered by latest event id.
-        self._peers[peer_id] = entry
+        change = Change.REFRESHED if message.same_state_as(entry.fields) else Change.CHANGED
+        event.first_seen = entry.first_seen
+        event.bytes_received = entry.bytes_received + nbytes
+        event.bytes_sent = entry.bytes_sent
+        # Inserting anew keeps the dict ordered by latest event id.
+        self._peers[peer_id] = event
         return change
 
     def expired(self, now: float, ttl: float, limit: int = 0) -> list[PeerEntry]:
@@ -115,9 +116,9 @@ class PeerRegistry:
     def remove(self, peer_id: str) -> PeerEntry | None:
         entry = self._peers.pop(peer_id, None)
         if entry is not None:
-            self.bytes -= len(entry.event.frame)
+            self.bytes -= len(entry.frame)
         return entry
 
     def snapshot(self) -> list[Event]:
         """Each online peer's latest event, oldest first."""
-        return [e.event for e in self._peers.values()]
+        return list(self._peers.values())

@@ -44,6 +44,7 @@ from goop.rendezvous.http import (
     wrong_method,
 )
 from goop.rendezvous.keys import KeyDirectory, KeyRefused, parse_key_post
+from goop.rendezvous.registry import row
 from goop.rendezvous.shared import DatabaseUnavailable
 from goop.rendezvous.throttle import LoginThrottle
 from goop.rendezvous.websocket import WebSocketChannel
@@ -375,7 +376,7 @@ class RendezvousApp:
 
     def _peer_rows(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         entries = islice(self.board.registry, offset, None if limit is None else offset + limit)
-        return [entry.row() for entry in entries]
+        return [row(entry) for entry in entries]
 
     @app.route("/admin", branch=False)
     def admin(self, request: Any) -> bytes:
