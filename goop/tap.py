@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from goop.config import CLI_OPTIONS, Config, ConfigError, load_config, overrides_from_cli
+from goop.gcpacer import GcPacer
 from goop.logbuffer import LogBuffer
 
 log = Logger()
@@ -227,7 +228,7 @@ GC_YOUNG_THRESHOLD: Final = 20_000
 GC_MIDDLE_THRESHOLD: Final = 2
 
 
-def tune_gc() -> None:
+def tune_gc(root: MultiService | None = None) -> None:
     """Garbage collection for a process holding thousands of open streams.
 
     Process-wide policy, so it is set here where the process is assembled
@@ -244,11 +245,17 @@ def tune_gc() -> None:
     gc.freeze()
     young, _, old = gc.get_threshold()
     gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), GC_MIDDLE_THRESHOLD, old)
+    if root is not None:
+        # Young and middle collections on a clock, in small steps (goop.gcpacer);
+        # the thresholds above remain the backstop.
+        from twisted.internet import reactor
+
+        GcPacer(reactor).setServiceParent(root)  # type: ignore[no-untyped-call]
 
 
 def makeService(options: Mapping[str, Any]) -> IService:
     service = build_service(config_from_options(options))
-    tune_gc()
+    tune_gc(service)
     return service
 
 
@@ -257,5 +264,5 @@ def tac_service(environ: Mapping[str, str] | None = None) -> MultiService:
     env = os.environ if environ is None else environ
     path = env.get("GOOP_CONFIG") or None
     service = build_service(config_from_options({"config": path}, environ=env))
-    tune_gc()
+    tune_gc(service)
     return service

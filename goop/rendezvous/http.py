@@ -18,6 +18,7 @@ from typing import Any, Final
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -46,6 +47,18 @@ class BoundedRequest(Request):
             self._refuse(f"body larger than {self.max_body} bytes")
             return
         self.content.write(data)  # type: ignore[union-attr]
+
+    def _cleanup(self) -> None:
+        super()._cleanup()  # type: ignore[no-untyped-call]
+        # Klein's per-request closures hold the request in a reference cycle
+        # (one of them refers to itself), so a finished request and all it
+        # reaches (headers, transport, Klein's adapter with werkzeug's matcher:
+        # ~50 objects) waited for the garbage collector. Under the hardening
+        # soak that was 12,000 objects per young collection, most of its 50 ms
+        # pause. Let go of them now; the cycle left is a handful of objects.
+        self._adapterCache = {}
+        self.requestHeaders = self.responseHeaders = Headers()
+        self.transport = None
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
