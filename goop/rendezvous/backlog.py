@@ -29,15 +29,12 @@ from goop.rendezvous.eventlog import Event, EventLog
 SLICE_BYTES: Final = 64 * 1024
 
 
-class _Entry(Protocol):
-    @property
-    def event(self) -> Event: ...
-
-
 class _Table(Protocol):
-    def get(self, peer_id: str) -> _Entry | None: ...
+    """The peer table as the snapshot reads it: each peer's latest event."""
 
-    def __iter__(self) -> Iterator[_Entry]: ...
+    def get(self, peer_id: str) -> Event | None: ...
+
+    def __iter__(self) -> Iterator[Event]: ...
 
 
 class Backlog:
@@ -73,7 +70,7 @@ class Backlog:
     def _start_snapshot(self) -> None:
         self._cursor = None
         head = self.head
-        self._peers = [e.event.peer_id for e in self._table if e.event.id <= head]
+        self._peers = [e.peer_id for e in self._table if e.id <= head]
         self._next = 0
 
     def take(self, limit: int, size: Callable[[Event], int]) -> list[Event]:
@@ -102,10 +99,10 @@ class Backlog:
         while self._next < len(peers) and used < limit:
             entry = table.get(peers[self._next])
             self._next += 1
-            if entry is None or entry.event.id > head:
+            if entry is None or entry.id > head:
                 continue  # gone, or changed since: that news comes live
-            out.append(entry.event)
-            used += size(entry.event)
+            out.append(entry)
+            used += size(entry)
         if self._next >= len(peers):
             self._peers = None  # free the list as soon as it is spent
         return out
