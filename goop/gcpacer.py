@@ -7,7 +7,7 @@ so the count stays low while the young generation's list keeps growing:
 under the hardening soak one young collection examined 60,000 objects and
 paused the reactor for 100-150 ms. Collecting the young generation every
 quarter second keeps each one to what a quarter second allocated, a few
-milliseconds; the middle one follows every few seconds. Full collections
+milliseconds; the middle one follows every half second. Full collections
 keep CPython's own rule, which its automatic path would no longer reach:
 one when the objects promoted to the old generation since the last one
 pass what that one left (see `FULL_WHEN_PROMOTED`; a full collection costs
@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 YOUNG_EVERY: Final = 0.25
-MIDDLE_EVERY_YOUNG: Final = 8  # a middle collection every 2 s
+MIDDLE_EVERY_YOUNG: Final = 2  # a middle collection every 0.5 s
 # A full collection when the objects promoted since the last one pass this
 # multiple of the old generation's size after it. CPython uses a quarter;
 # but here young collections, four a second, free nearly every short-lived
@@ -39,6 +39,12 @@ MIDDLE_EVERY_YOUNG: Final = 8  # a middle collection every 2 s
 # generation (a connection that lived a while) wait longer: memory bounded
 # by this multiple of the old generation, for shorter and rarer pauses.
 FULL_WHEN_PROMOTED: Final = 4.0
+# And not before this many middle collections since the last full one
+# (20 s): right after start the old generation is nearly empty (everything
+# loaded is frozen), so the first thousands of objects a burst of
+# connections promotes would otherwise trigger a full collection over all
+# of them at once (438 ms with 5,000 streams just opened).
+MIN_MIDDLE_BETWEEN_FULL: Final = 40
 
 
 def _count(generation: int) -> int:
@@ -66,6 +72,7 @@ class GcPacer(Service):
         self._ticks = 0
         self._old = 0  # the old generation's size after the last full collection
         self._promoted = 0  # objects moved to it since (counted before each middle one)
+        self._middles = 0  # middle collections since the last full one
         self.collections = [0, 0, 0]
         self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
@@ -90,12 +97,17 @@ class GcPacer(Service):
         if self._old < 0:  # a full collection ran last time: size it now, not then
             self._old = self._count(2)
         self._promoted += self._count(1)
-        if self._promoted > self._old * FULL_WHEN_PROMOTED:
+        if (
+            self._middles >= MIN_MIDDLE_BETWEEN_FULL
+            and self._promoted > self._old * FULL_WHEN_PROMOTED
+        ):
             self._run(2)
             self._old = -1
             self._promoted = 0
+            self._middles = 0
         else:
             self._run(1)
+            self._middles += 1
 
     def _run(self, generation: int) -> None:
         self._collect(generation)

@@ -4,33 +4,43 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from goop.gcpacer import MIDDLE_EVERY_YOUNG, YOUNG_EVERY, GcPacer
+from goop.gcpacer import (
+    FULL_WHEN_PROMOTED,
+    MIDDLE_EVERY_YOUNG,
+    MIN_MIDDLE_BETWEEN_FULL,
+    YOUNG_EVERY,
+    GcPacer,
+)
+
+MIDDLE = [YOUNG_EVERY] * MIDDLE_EVERY_YOUNG  # the ticks from one middle collection to the next
 
 
-def test_young_every_quarter_second_middle_every_eighth_full_by_cpythons_rule() -> None:
+def test_young_on_every_tick_middle_every_few_full_by_growth_and_not_too_often() -> None:
     clock = Clock()
     ran: list[int] = []
-    sizes = {0: 0, 1: 100, 2: 1000}  # objects per generation, as gc.get_objects says
+    sizes = {0: 0, 1: 100, 2: 0}  # objects per generation, as gc.get_objects says
     pacer = GcPacer(clock, collect=lambda g: ran.append(g) or 0, count=lambda g: sizes[g])
     pacer.startService()
     clock.pump([YOUNG_EVERY] * (MIDDLE_EVERY_YOUNG - 1))
     assert ran == [0] * (MIDDLE_EVERY_YOUNG - 1)
-    # Each middle collection promotes ~100 objects; past four times the old
-    # generation's 250 on the eleventh, which is a full collection instead.
-    sizes[2] = 250
-    pacer._old = 250
-    clock.pump([YOUNG_EVERY] * (MIDDLE_EVERY_YOUNG * 10 - (MIDDLE_EVERY_YOUNG - 1)))
-    sizes[2] = 100  # what the full collection leaves
-    clock.pump([YOUNG_EVERY] * MIDDLE_EVERY_YOUNG)
-    assert ran.count(0) == 11 * (MIDDLE_EVERY_YOUNG - 1)
-    assert [g for g in ran if g] == [1] * 10 + [2]
-    assert pacer.collections == [77, 10, 1]
-    # Then past 4 x 100: four middle collections, and the fifth is full.
-    clock.pump([YOUNG_EVERY] * MIDDLE_EVERY_YOUNG * 5)
-    assert [g for g in ran if g][11:] == [1] * 4 + [2]
+    # The old generation starts empty: each middle collection's 100 objects pass
+    # any multiple of it at once, yet the first full one waits for its turn.
+    clock.pump(MIDDLE * MIN_MIDDLE_BETWEEN_FULL)
+    sizes[2] = 1000  # what the full collection leaves
+    clock.pump(MIDDLE)
+    assert [g for g in ran if g] == [1] * MIN_MIDDLE_BETWEEN_FULL + [2]
+    assert ran.count(0) == (MIN_MIDDLE_BETWEEN_FULL + 2) * (MIDDLE_EVERY_YOUNG - 1)
+    # Then the next only once FULL_WHEN_PROMOTED x 1,000 objects were promoted
+    # (more middle collections than the minimum).
+    needed = int(1000 * FULL_WHEN_PROMOTED) // 100 + 1
+    assert needed > MIN_MIDDLE_BETWEEN_FULL
+    clock.pump(MIDDLE * needed)
+    assert [g for g in ran if g][MIN_MIDDLE_BETWEEN_FULL + 1 :] == [1] * (needed - 1) + [2]
+    assert pacer.collections == [ran.count(0), ran.count(1), 2]
     pacer.stopService()
+    before = len(ran)
     clock.pump([YOUNG_EVERY] * 10)
-    assert sum(pacer.collections) == len(ran) == 8 * 16
+    assert len(ran) == before
 
 
 def test_the_twistd_tree_carries_a_pacer() -> None:
