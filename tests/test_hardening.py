@@ -574,7 +574,6 @@ class GarbageTests(HardeningCase):
         import gc
         from collections import Counter
 
-        from twisted.web.http_headers import Headers
 
         self.start()
         port = self.service.port
@@ -601,10 +600,12 @@ class GarbageTests(HardeningCase):
             del gc.garbage[:]
         heavy = {"Server", "KleinRequest", "MapAdapter", "GuardedChannel", "socket"}
         self.assertEqual([o for o in garbage if type(o).__name__ in heavy], [])
-        # The request's emptied headers (one object) may ride along with it.
-        self.assertLessEqual(sum(isinstance(o, Headers) for o in garbage), n)
+        # The request's emptied headers (one object) and its two addresses may ride
+        # along with it; before, its headers' lists, transport and socket did too.
         kinds = Counter(type(o).__name__ for o in garbage)
-        self.assertLess(len(garbage) / n, 30, kinds)  # Klein's closures; ~50 before
+        self.assertLessEqual(kinds["Headers"], n, kinds)
+        self.assertLessEqual(kinds["IPv4Address"], 2 * n, kinds)
+        self.assertLessEqual(kinds["BoundedRequest"], n, kinds)
 
 
 class PeerSafeLogTests(HardeningCase):
