@@ -93,6 +93,38 @@ def percentile(sorted_values: Any, q: float) -> float:
 # ---------------------------------------------------------------- subscribers
 
 
+class StdinCommands:
+    """The driver's one-line commands on stdin, read through a generator's epoll.
+
+    ``attach`` registers stdin with the epoll (its fd 0 maps to None in the
+    generator's fd table); the pump calls `read` when fd 0 is ready.
+    """
+
+    def __init__(self) -> None:
+        self.queue: deque[str] = deque()
+        self.closed = False
+        self._buf = b""
+        self._ep: Any = None
+        self._byfd: dict[int, Any] = {}
+
+    def attach(self, ep: Any, byfd: dict[int, Any]) -> None:
+        self._ep, self._byfd = ep, byfd
+        byfd[0] = None
+        ep.register(0, select.EPOLLIN)
+
+    def read(self) -> None:
+        data = os.read(0, 1 << 20)
+        if not data:
+            self.closed = True
+            self._byfd.pop(0, None)
+            self._ep.unregister(0)
+            return
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            self.queue.append(line.decode().strip())
+
+
 class ChunkDecoder:
     """Incremental HTTP/1.1 ``Transfer-Encoding: chunked`` body decoder."""
 
@@ -191,9 +223,7 @@ class Subscribers:
             self.parser_factory: Any = SSEParser
         else:
             self.parser_factory = None
-        self.stdin_buf = b""
-        self.commands: deque[str] = deque()
-        self.stdin_closed = False
+        self.commands = StdinCommands()
 
     # -- connecting ------------------------------------------------------
 
@@ -413,18 +443,6 @@ class Subscribers:
 
     # -- commands --------------------------------------------------------
 
-    def _read_stdin(self) -> None:
-        data = os.read(0, 1 << 20)
-        if not data:
-            self.stdin_closed = True
-            self.byfd.pop(0, None)
-            self.ep.unregister(0)
-            return
-        self.stdin_buf += data
-        while b"\n" in self.stdin_buf:
-            line, self.stdin_buf = self.stdin_buf.split(b"\n", 1)
-            self.commands.append(line.decode())
-
     def pump(self, timeout: float) -> None:
         byfd = self.byfd
         read = self._read
@@ -433,16 +451,15 @@ class Subscribers:
             if sub is not None:
                 read(sub)
             elif fd == 0:
-                self._read_stdin()
+                self.commands.read()
 
     def serve(self) -> None:
         a = self.args
-        self.byfd[0] = None
-        self.ep.register(0, select.EPOLLIN)
+        self.commands.attach(self.ep, self.byfd)
         hard_deadline = time.monotonic() + a.max_lifetime
         while time.monotonic() < hard_deadline:
-            while self.commands:
-                cmd = self.commands.popleft()
+            while self.commands.queue:
+                cmd = self.commands.queue.popleft()
                 if cmd == "go":
                     self.counting = True
                     self.events = 0
@@ -459,7 +476,7 @@ class Subscribers:
                     self.drain(json.loads(cmd[6:]))
                 elif cmd == "quit":
                     return
-            if self.stdin_closed:
+            if self.commands.closed:
                 return
             self.pump(0.1)
         print("subscribe: max lifetime reached", file=sys.stderr)

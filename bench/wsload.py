@@ -41,7 +41,6 @@ import select
 import socket
 import sys
 import time
-from collections import deque
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -120,9 +119,7 @@ class WsPeers:
         self.beating = False
         self.beat_t0 = 0.0
         self.beat_seq = 0
-        self.stdin_buf = b""
-        self.commands: deque[str] = deque()
-        self.stdin_closed = False
+        self.commands = loadgen.StdinCommands()
 
     # -- registering --------------------------------------------------------------
 
@@ -451,24 +448,12 @@ class WsPeers:
             peer = byfd.get(fd)
             if peer is None:
                 if fd == 0:
-                    self._read_stdin()
+                    self.commands.read()
                 continue
             if mask & select.EPOLLOUT:
                 self._flush(peer)
             if mask & (select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP):
                 self._read(peer)
-
-    def _read_stdin(self) -> None:
-        data = os.read(0, 1 << 16)
-        if not data:
-            self.stdin_closed = True
-            self.byfd.pop(0, None)
-            self.ep.unregister(0)
-            return
-        self.stdin_buf += data
-        while b"\n" in self.stdin_buf:
-            line, self.stdin_buf = self.stdin_buf.split(b"\n", 1)
-            self.commands.append(line.decode().strip())
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -487,12 +472,11 @@ class WsPeers:
         }
 
     def serve(self) -> None:
-        self.byfd[0] = None
-        self.ep.register(0, select.EPOLLIN)
+        self.commands.attach(self.ep, self.byfd)
         hard_deadline = time.monotonic() + self.args.max_lifetime
         while time.monotonic() < hard_deadline:
-            while self.commands:
-                cmd = self.commands.popleft()
+            while self.commands.queue:
+                cmd = self.commands.queue.popleft()
                 if cmd == "open":
                     loadgen.emit(self.open_all())
                 elif cmd == "go":
@@ -507,7 +491,7 @@ class WsPeers:
                     loadgen.emit(self.stats())
                 elif cmd == "quit":
                     return
-            if self.stdin_closed:
+            if self.commands.closed:
                 return
             timeout = 0.1
             if self.beating:

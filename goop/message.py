@@ -113,7 +113,7 @@ _OUT_PUNCH: Final = tuple(
 _ATTRS: Final = tuple(f.attr for f in FIELDS)
 _VALUES: Final = operator.attrgetter(*_ATTRS)
 ADDRS_AT: Final = _ATTRS.index("addrs")
-# What same_state compares, but addrs (compared as a set).
+# What same_state compares, addrs aside (compared as a set).
 _STATE_ATTRS: Final = (
     "content", "email", "avatar_hash", "video_disabled", "active_template", "public_key",
     "encryption_supported", "goop_client_version", "verified",
@@ -193,11 +193,8 @@ class PresenceMessage:
 
     def state(self) -> tuple[Any, ...]:
         """Everything a reader would show or act on, without type, ts and the token."""
-        return (
-            self.content, self.email, self.avatar_hash, self.video_disabled,
-            self.active_template, frozenset(self.addrs), self.public_key,
-            self.encryption_supported, self.goop_client_version, self.verified,
-        )
+        state: tuple[Any, ...] = (*_STATE_OF_MESSAGE(self), frozenset(self.addrs))
+        return state
 
     def offline(self, ts: int) -> PresenceMessage:
         """The server's offline for this peer (expiry, socket closed).

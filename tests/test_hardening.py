@@ -86,7 +86,7 @@ class SnapshotAmplificationTests(HardeningCase):
         board = self.service.board
         for i in range(1500):
             board.publish(PresenceMessage("online", f"12D3KooWn{i:05d}", NASTY), 1, 0.0)
-        snapshot_bytes = sum(len(e.event.frame) for e in board.registry)
+        snapshot_bytes = sum(len(e.frame) for e in board.registry)
         self.assertGreater(snapshot_bytes, 30_000_000)
         readers = []
         for i in range(8):

@@ -189,7 +189,7 @@ class Board:
                 budget
                 and entry is not None
                 and self.registry.bytes >= budget
-                and len(message.encode()) > len(entry.event.frame)
+                and len(message.encode()) > len(entry.frame)
             ):
                 raise Refused(503, "the peer table is full (bytes)", FULL_RETRY_AFTER)
             return

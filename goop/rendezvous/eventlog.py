@@ -74,11 +74,6 @@ class Event:
         return addrs
 
     @property
-    def event(self) -> Event:
-        """Itself: a table entry is its peer's latest event."""
-        return self
-
-    @property
     def data(self) -> bytes:
         """The message's JSON, read back out of the SSE frame (one ``data:`` line, as
         our encoding never contains a line break) rather than kept twice."""
