@@ -95,6 +95,8 @@ class PresenceConfig:
     rendezvous_redirect_port: int = 0
     rendezvous_ca_file: str = ""
     trusted_proxies: tuple[str, ...] = ()
+    require_signed: bool = False
+    signature_window: int = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +291,18 @@ CLI_OPTIONS: Final[tuple[CliOption, ...]] = (
         "presence.max_table_mb",
         False,
         "Most megabytes of peer state (encoded messages) held at once (0 = unlimited).",
+    ),
+    CliOption(
+        "require-signed",
+        "presence.require_signed",
+        True,
+        "Refuse unsigned presence messages (goop2 peers do not sign; default off).",
+    ),
+    CliOption(
+        "signature-window",
+        "presence.signature_window",
+        False,
+        "Seconds a signed message's ts may differ from the server's clock (default 120).",
     ),
     CliOption(
         "max-connections-per-ip",
@@ -653,7 +667,7 @@ def _validate(values: dict[str, object], origin: Mapping[str, _Origin]) -> None:
         "presence.max_connections_per_ip",
     ):
         _check_range(label(name), number(name), 0, MAX_LIMIT, " (0 = unlimited)")
-    for name in ("presence.request_timeout", "presence.idle_timeout"):
+    for name in ("presence.request_timeout", "presence.idle_timeout", "presence.signature_window"):
         _check_range(label(name), number(name), 1, 3600, " seconds")
     _check_range(label("presence.ipv6_prefix"), number("presence.ipv6_prefix"), 1, 128)
 

@@ -40,7 +40,7 @@ def base58btc(data: bytes) -> str:
     return (b"1" * pad + bytes(reversed(out))).decode("ascii")
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -52,7 +52,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(buf) or shift > 63:
@@ -67,7 +67,7 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def encode_key_message(key_type: int, data: bytes) -> bytes:
     """libp2p's PublicKey/PrivateKey protobuf: field 1 varint Type, field 2 bytes Data."""
-    return b"\x08" + _varint(key_type) + b"\x12" + _varint(len(data)) + data
+    return b"\x08" + varint(key_type) + b"\x12" + varint(len(data)) + data
 
 
 def decode_key_message(buf: bytes) -> tuple[int, bytes]:
@@ -75,14 +75,14 @@ def decode_key_message(buf: bytes) -> tuple[int, bytes]:
     data: bytes | None = None
     pos = 0
     while pos < len(buf):
-        tag, pos = _read_varint(buf, pos)
+        tag, pos = read_varint(buf, pos)
         field, wire = tag >> 3, tag & 7
         if wire == 0:
-            value, pos = _read_varint(buf, pos)
+            value, pos = read_varint(buf, pos)
             if field == 1:
                 key_type = value
         elif wire == 2:
-            length, pos = _read_varint(buf, pos)
+            length, pos = read_varint(buf, pos)
             if pos + length > len(buf):
                 raise ValueError("truncated field")
             if field == 2:
@@ -98,7 +98,7 @@ def decode_key_message(buf: bytes) -> tuple[int, bytes]:
 def peer_id_from_public_key(public_key: bytes) -> str:
     encoded = encode_key_message(KEY_TYPE_ED25519, public_key)
     # <= 42 bytes: the "identity" multihash (code 0x00), no hashing.
-    return base58btc(b"\x00" + _varint(len(encoded)) + encoded)
+    return base58btc(b"\x00" + varint(len(encoded)) + encoded)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ MAX_TEMPLATE_BYTES: Final = 256
 MAX_TOKEN_BYTES: Final = 1024
 MAX_PUBLIC_KEY_BYTES: Final = 1024  # a base64 NaCl key is 44 bytes
 MAX_VERSION_BYTES: Final = 128
+MAX_SIG_BYTES: Final = 128  # base64 of a 64-byte Ed25519 signature is 88
 # goop2's own limits: at most 20 addresses of at most 256 bytes.
 MAX_ADDRS: Final = 20
 MAX_ADDR_BYTES: Final = 256
@@ -96,6 +97,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     Field("goopClientVersion", "goop_client_version", str, MAX_VERSION_BYTES),
     Field("ts", "ts", int, 0, always=True, doc="Unix ms; 0 or missing = now"),
     Field("verified", "verified", bool, 0, _SERVER_ONLY, doc="set by the server"),
+    # goop's, not goop2's (its servers and clients drop it): docs/signing.md.
+    Field("sig", "sig", str, MAX_SIG_BYTES, doc="base64 Ed25519 signature by the peerId's key"),
 )
 
 # lower-cased input name -> field
@@ -113,6 +116,8 @@ _OUT_PUNCH: Final = tuple(
 _ATTRS: Final = tuple(f.attr for f in FIELDS)
 _VALUES: Final = operator.attrgetter(*_ATTRS)
 ADDRS_AT: Final = _ATTRS.index("addrs")
+_TS_AT: Final = _ATTRS.index("ts")
+_SIG_AT: Final = _ATTRS.index("sig")
 # What same_state compares, addrs aside (compared as a set).
 _STATE_ATTRS: Final = (
     "content", "email", "avatar_hash", "video_disabled", "active_template", "public_key",
@@ -151,6 +156,7 @@ class PresenceMessage:
     encryption_supported: bool = False
     goop_client_version: str = ""
     verified: bool = False
+    sig: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The relayed fields, in goop2's order, empty optional ones left out."""
@@ -207,6 +213,13 @@ class PresenceMessage:
     def stamped(self, verified: bool) -> PresenceMessage:
         """This message as the server relays it: its ``verified``, no token."""
         return replace(self, verified=verified, verification_token="")
+
+
+def signed_ts(values: tuple[Any, ...]) -> int:
+    """The ``ts`` of the message whose `PresenceMessage.values` these are when it is
+    signed, else 0 (what the signature rules need of a stored peer)."""
+    ts: int = values[_TS_AT] if values[_SIG_AT] else 0
+    return ts
 
 
 class _Duplicate(Exception):

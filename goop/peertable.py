@@ -5,6 +5,13 @@ message and, per channel (``lan``, ``local``, ``wan``), when it was last
 heard there. A peer leaves when every channel that had it has either said
 ``offline`` or been silent for ``ttl`` seconds. The peer's own ID is never
 listed. Observers hear ``appeared``, ``changed`` and ``left``.
+
+Signed presence (docs/signing.md): a message with ``sig`` is checked
+against its peer ID's key (``verify``) and must not be older than the last
+signed one heard on that channel; once a channel has carried a peer's
+signed message, an unsigned one for it there is refused, except a
+rendezvous's own ``offline`` (its expiry or a closed socket: a server
+never signs those). Refusals raise `Rejected`; nothing changes.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from goop.message import PRESENCE_TYPES, PresenceMessage
+from goop.signing import Verifier
 
 SOURCES: Final = ("lan", "local", "wan")
 APPEARED: Final = "appeared"
@@ -24,11 +32,28 @@ LEFT: Final = "left"
 Observer = Callable[[str, "PeerView"], None]
 
 
+# Channels where an unsigned offline is the rendezvous's own (never on the LAN).
+RENDEZVOUS_SOURCES: Final = frozenset({"local", "wan"})
+VERIFIED: Final = "verified"
+UNSIGNED: Final = "unsigned"
+
+
+class Rejected(ValueError):
+    """A message the table refused (bad signature, replay, unsigned for a signed peer)."""
+
+
 @dataclass
 class PeerView:
     peer_id: str
     message: PresenceMessage
     seen: dict[str, float] = field(default_factory=dict)
+    # channel -> ts of the last signed message heard there
+    signed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def proof(self) -> str:
+        """``verified`` when the message shown is signed (and was checked), else ``unsigned``."""
+        return VERIFIED if self.message.sig else UNSIGNED
 
     @property
     def last_seen(self) -> float:
@@ -53,13 +78,22 @@ class PeerView:
             "verified": m.verified,
             "addrs": list(m.addrs),
             "encryption": m.encryption_supported,
+            "proof": self.proof,
         }
 
 
 class PeerTable:
-    def __init__(self, self_id: str, ttl: float) -> None:
+    def __init__(
+        self,
+        self_id: str,
+        ttl: float,
+        verify: Callable[[PresenceMessage], None] | None = None,
+    ) -> None:
         self.self_id = self_id
         self.ttl = ttl
+        # Raises (any ValueError) when a message's sig is not its peer's signature.
+        self.verify = verify or Verifier().check
+        self.rejected = 0  # messages refused by the signature rules (counted by feeders)
         self._peers: dict[str, PeerView] = {}
         self._observers: list[Observer] = []
         # source -> since when its stream reports departures itself (a
@@ -108,9 +142,11 @@ class PeerTable:
         if peer_id == self.self_id or message.type not in PRESENCE_TYPES:
             return None
         view = self._peers.get(peer_id)
+        self._check_proof(source, message, view)
         if message.type == "offline":
             if view is None or source not in view.seen:
                 return None
+            view.signed.pop(source, None)
             del view.seen[source]
             if view.seen:
                 self._notify(CHANGED, view)
@@ -120,8 +156,12 @@ class PeerTable:
             return LEFT
         if view is None:
             view = self._peers[peer_id] = PeerView(peer_id, message, {source: now})
+            if message.sig:
+                view.signed[source] = message.ts
             self._notify(APPEARED, view)
             return APPEARED
+        if message.sig:
+            view.signed[source] = message.ts
         new_source = source not in view.seen
         changed = new_source or not view.message.same_state(message)
         view.message = message
@@ -130,6 +170,24 @@ class PeerTable:
             self._notify(CHANGED, view)
             return CHANGED
         return None
+
+    def _check_proof(self, source: str, message: PresenceMessage, view: PeerView | None) -> None:
+        """Raise `Rejected` unless ``message`` passes the signature rules (module docstring)."""
+        last = view.signed.get(source) if view is not None else None
+        if not message.sig:
+            if last is None:
+                return
+            if message.type == "offline" and source in RENDEZVOUS_SOURCES:
+                return  # the rendezvous's own: it expired the peer or its socket closed
+            raise Rejected("unsigned message for a peer that signs its messages")
+        if last is not None and message.ts < last:
+            raise Rejected("replay: older than the last signed message heard")
+        if view is not None and view.message == message:
+            return  # the same message again (a snapshot after a reconnect): checked already
+        try:
+            self.verify(message)
+        except ValueError as e:
+            raise Rejected(str(e)) from None
 
     def expire(self, now: float) -> list[str]:
         """Drop channels silent for ``ttl``; peers with none left leave. Returns who left."""

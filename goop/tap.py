@@ -66,13 +66,6 @@ def _url_of(channel: Any) -> Any:
     return lambda: channel.url
 
 
-def _feeder(table: Any, source: str, reactor: Any) -> Any:
-    def feed(message: Any) -> None:
-        table.observe(source, message, reactor.seconds())
-
-    return feed
-
-
 def _manager(table: Any, source: str) -> Any:
     def managed(on: bool, now: float) -> None:
         if on:
@@ -146,6 +139,7 @@ def _add_peer_services(root: MultiService, config: Config, reactor: Any, rendezv
         PeerTableService,
         PunchDialer,
         SelfPresence,
+        table_feeder,
     )
     from goop.presence.publisher import Channel, PresencePublisher, RendezvousChannel
     from goop.presence.tlsclient import RendezvousTrust
@@ -186,7 +180,7 @@ def _add_peer_services(root: MultiService, config: Config, reactor: Any, rendezv
             identity.peer_id,
             connector,
             _sse_factory(reactor, post, http.client, identity.peer_id),
-            _feeder(table, post.name, reactor),
+            table_feeder(table, post.name, reactor),
             _manager(table, post.name),
             on_punch=punch,
         )

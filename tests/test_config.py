@@ -917,14 +917,14 @@ class CliTests(ConfigTestCase):
                 "max-connections-per-ip "
                 "request-timeout idle-timeout ipv6-prefix "
                 "max-subscribers-per-ip rendezvous-tls-dir rendezvous-redirect-port "
-                "rendezvous-ca-file trusted-proxies http-addr".split()
+                "rendezvous-ca-file trusted-proxies signature-window http-addr".split()
             ),
         )
         self.assertEqual(len({o.name for o in CLI_OPTIONS}), len(CLI_OPTIONS))
         self.assertTrue(all(o.help for o in CLI_OPTIONS))
 
     def test_flags_set_the_non_default_value(self) -> None:
-        """The four flags set the documented values."""
+        """The five flags set the documented values."""
         flags = {o.name: (o.field, o.flag_value) for o in CLI_OPTIONS if o.flag}
         self.assertEqual(
             flags,
@@ -933,6 +933,7 @@ class CliTests(ConfigTestCase):
                 "rendezvous-host": ("presence.rendezvous_host", "true"),
                 "no-p2p": ("p2p.enabled", "false"),
                 "no-mdns": ("p2p.mdns_enabled", "false"),
+                "require-signed": ("presence.require_signed", "true"),
             },
         )
 

@@ -7,7 +7,9 @@ holds; on the code before it, each of these failed.
 from __future__ import annotations
 
 import json
+import re
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor, task
@@ -173,11 +175,29 @@ class _Raw(protocol.Protocol):
         self.data = b""
         self.lost: defer.Deferred[None] = defer.Deferred()
         self.got: defer.Deferred[None] = defer.Deferred()
+        self._until: list[tuple[Callable[[bytes], bool], defer.Deferred[bytes]]] = []
+
+    def until(self, done: Callable[[bytes], bool], timeout: float = 10) -> defer.Deferred[bytes]:
+        """Fires with everything received once ``done`` holds for it."""
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self._until.append((done, d))
+        self._check()
+        return d.addTimeout(timeout, reactor)
+
+    def _check(self) -> None:
+        for item in list(self._until):
+            done, d = item
+            if d.called:
+                self._until.remove(item)
+            elif done(self.data):
+                self._until.remove(item)
+                d.callback(self.data)
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
         if not self.got.called:
             self.got.callback(None)
+        self._check()
 
     def connectionLost(self, reason: Any = None) -> None:
         if not self.lost.called:
@@ -353,8 +373,9 @@ class AdminThrottleTests(HardeningCase):
             return b"GET /stats.json HTTP/1.1\r\nHost: x\r\nAuthorization: Basic %s\r\n\r\n" % token
 
         client.transport.write(b"".join(guess(f"wrong{i}") for i in range(30)) + guess("right"))
-        yield task.deferLater(reactor, 0.5, lambda: None)
-        heads = [line for line in client.data.split(b"\r\n") if line.startswith(b"HTTP/1.1")]
+        status_line = re.compile(rb"HTTP/1\.1 \d{3} [^\r]*")
+        data = yield client.until(lambda got: len(status_line.findall(got)) >= 31)
+        heads = status_line.findall(data)
         self.assertEqual(len(heads), 31)
         self.assertEqual(heads.count(b"HTTP/1.1 401 Unauthorized"), 10)
         self.assertEqual(heads[10:], [b"HTTP/1.1 429 Too Many Requests"] * 21)

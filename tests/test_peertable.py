@@ -283,19 +283,19 @@ class RowsTests(SynchronousTestCase):
             self.assertEqual(
                 set(r),
                 {"peer_id", "content", "email", "avatar_hash", "sources", "last_seen", "ts",
-                 "client", "verified", "addrs", "encryption"},
+                 "client", "verified", "addrs", "encryption", "proof"},
             )
         self.assertEqual(
             rows[0],
             {"peer_id": "a", "content": "A", "email": "a@x", "avatar_hash": "aa",
              "sources": ["lan"], "last_seen": 1.0, "ts": 1, "client": "", "verified": False,
-             "addrs": [], "encryption": False},
+             "addrs": [], "encryption": False, "proof": "unsigned"},
         )
         self.assertEqual(
             rows[1],
             {"peer_id": "b", "content": "B", "email": "", "avatar_hash": "",
              "sources": ["lan", "local"], "last_seen": 4.0, "ts": 4, "client": "",
-             "verified": False, "addrs": [], "encryption": False},
+             "verified": False, "addrs": [], "encryption": False, "proof": "unsigned"},
         )
 
     def test_empty_table_has_no_rows(self) -> None:

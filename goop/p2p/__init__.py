@@ -89,6 +89,7 @@ def add_lan_services(
     called once the host listens (our presence has addresses now).
     """
     from goop.p2p.adapter import Libp2pAdapter
+    from goop.presence.node import table_feeder
 
     p2p = config.p2p
     if not p2p.enabled:
@@ -96,9 +97,7 @@ def add_lan_services(
             log.info("mDNS is off too: it only finds libp2p peers, and p2p.enabled is false")
         return []
 
-    def feed(message: PresenceMessage) -> None:
-        table.observe("lan", message, reactor.seconds())
-
+    feed = table_feeder(table, "lan", reactor)
     adapter = Libp2pAdapter(
         reactor,
         identity,

@@ -9,6 +9,7 @@ stops its children one at a time in reverse order so the publisher's
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Final, Protocol
 
 from twisted.application.service import MultiService, Service
@@ -23,7 +24,8 @@ from goop import __version__
 from goop.identity import Identity
 from goop.logsafe import safe
 from goop.message import PresenceMessage
-from goop.peertable import PeerTable, PeerView
+from goop.peertable import PeerTable, PeerView, Rejected
+from goop.signing import sign, signing_key
 
 EXPIRE_INTERVAL: Final = 1.0
 # What goop says it runs, in goop2's goopClientVersion field.
@@ -56,6 +58,7 @@ class SelfPresence:
     def __init__(self, reactor: IReactorTime, identity: Identity, content: str, email: str):
         self.reactor = reactor
         self.peer_id = identity.peer_id
+        self._key = signing_key(identity.seed)
         self.content = content
         self.email = email
         self.avatar_hash = ""
@@ -64,16 +67,23 @@ class SelfPresence:
         self.last: PresenceMessage = self.message("online")
 
     def message(self, kind: str) -> PresenceMessage:
-        self.last = PresenceMessage(
+        """A new message, signed (docs/signing.md). Its ``ts`` is always later than the
+        previous one's: a rendezvous refuses a signed ``ts`` it has seen (replay)."""
+        previous = getattr(self, "last", None)
+        ts = int(self.reactor.seconds() * 1000)
+        if previous is not None and ts <= previous.ts:
+            ts = previous.ts + 1
+        unsigned = PresenceMessage(
             kind,
             self.peer_id,
             self.content,
             self.email,
             self.avatar_hash,
-            int(self.reactor.seconds() * 1000),
+            ts,
             addrs=tuple(self.addrs()),
             goop_client_version=self.client_version,
         )
+        self.last = replace(unsigned, sig=sign(self._key, unsigned))
         return self.last
 
     def current(self) -> PresenceMessage:
@@ -140,6 +150,42 @@ class PunchDialer:
                 )
 
         d.addBoth(done)
+
+
+# A rejected message is logged at most once a minute per channel and peer.
+REJECTION_LOG_EVERY: Final = 60.0
+_REJECTIONS_LOGGED: Final = 4096  # (channel, peer) pairs remembered for that
+
+
+def table_feeder(
+    table: PeerTable, source: str, reactor: IReactorTime
+) -> Callable[[PresenceMessage], None]:
+    """What a channel calls with each message it hears: into ``table``, refusals
+    (bad signature, replay, unsigned for a signed peer) dropped, counted and logged."""
+    log = Logger()
+    warned: dict[str, float] = {}
+
+    def feed(message: PresenceMessage) -> None:
+        now = reactor.seconds()
+        try:
+            table.observe(source, message, now)
+        except Rejected as e:
+            table.rejected += 1
+            if now - warned.get(message.peer_id, float("-inf")) < REJECTION_LOG_EVERY:
+                return
+            if len(warned) >= _REJECTIONS_LOGGED:
+                warned.clear()
+            warned[message.peer_id] = now
+            log.warn(
+                "{source}: dropped a {kind} for {peer_id}: {why} ({count} dropped so far)",
+                source=source,
+                kind=safe(message.type),
+                peer_id=safe(message.peer_id),
+                why=e,
+                count=table.rejected,
+            )
+
+    return feed
 
 
 class IdentityService(Service):

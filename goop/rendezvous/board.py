@@ -13,12 +13,13 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from goop.logsafe import safe
-from goop.message import PresenceMessage
+from goop.message import PresenceMessage, signed_ts
 from goop.rendezvous.backlog import Backlog
 from goop.rendezvous.eventlog import Event, EventLog
 from goop.rendezvous.fanout import Hub
 from goop.rendezvous.punch import PunchPlanner, brings_new_addrs
 from goop.rendezvous.registry import Change, PeerRegistry
+from goop.rendezvous.signatures import SignaturePolicy
 
 PRUNE_INTERVAL: Final = 5.0
 # Peers expired per reactor turn; the rest in the next turns. 1,000 took
@@ -56,6 +57,7 @@ class Board:
         # closed /ws socket); shared mode applies the event later, so it waits here.
         self._why_left: dict[str, str] = {}
         self.punch = PunchPlanner()
+        self.signatures = SignaturePolicy()
         # Limits on state (0 = none): peers in the table, new peers per address.
         self.max_peers = 0
         self.max_peers_per_ip = 0
@@ -208,6 +210,13 @@ class Board:
             )
         self._owner[peer_id] = key
         self._owned[key] = self._owned.get(key, 0) + 1
+
+    def check_signature(self, message: PresenceMessage, now: float) -> bool:
+        """Raise `goop.rendezvous.signatures.SignatureRefused` unless the signature rules
+        let ``message`` in (docs/signing.md); True when it is signed."""
+        entry = self.registry.get(message.peer_id)
+        stored = signed_ts(entry.fields) if entry is not None else 0
+        return self.signatures.check(message, stored, now)
 
     def _release(self, peer_id: str) -> None:
         key = self._owner.pop(peer_id, None)

@@ -304,7 +304,11 @@ def send_json(request: Any, code: int, value: object) -> bytes:
     request.setResponseCode(code, reason(code))
     request.setHeader(b"content-type", JSON)
     request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(value).encode()
+    body = json.dumps(value).encode()
+    # A known length, not chunked framing: simpler for small clients (and
+    # the keep-alive parsers of load tools) to read.
+    request.setHeader(b"content-length", b"%d" % len(body))
+    return body
 
 
 def error_json(request: Any, code: int, message: str) -> bytes:

@@ -28,6 +28,7 @@ from goop.rendezvous.board import PRUNE_INTERVAL, Board
 from goop.rendezvous.fanout import Hub
 from goop.rendezvous.http import make_site, parse_networks
 from goop.rendezvous.shared import SharedBoard
+from goop.rendezvous.signatures import SignaturePolicy
 from goop.rendezvous.tls import ReloadableSNI, TLSSetupError
 from goop.rendezvous.web import RendezvousApp
 from goop.stallprobe import StallProbe
@@ -93,6 +94,9 @@ class RendezvousService(Service):
         self.board.max_peers = config.max_peers
         self.board.max_peers_per_ip = config.max_peers_per_ip
         self.board.max_table_bytes = config.max_table_mb * 2**20
+        self.board.signatures = SignaturePolicy(
+            config.signature_window, require_signed=config.require_signed
+        )
         self.stall_probe = StallProbe(reactor)
         # Raises TLSSetupError naming the file when the directory cannot be served.
         self.tls = ReloadableSNI(config.rendezvous_tls_dir) if config.rendezvous_tls_dir else None

@@ -46,6 +46,7 @@ from goop.rendezvous.http import (
 from goop.rendezvous.keys import KeyDirectory, KeyRefused, parse_key_post
 from goop.rendezvous.registry import row
 from goop.rendezvous.shared import DatabaseUnavailable
+from goop.rendezvous.signatures import SignatureRefused
 from goop.rendezvous.throttle import LoginThrottle
 from goop.rendezvous.websocket import WebSocketChannel
 
@@ -190,6 +191,8 @@ class RendezvousApp:
             return error_json(request, 400, str(e))
         try:
             stored = self.submit(message, len(body), now, address)
+        except SignatureRefused as e:
+            return error_json(request, 403, str(e))
         except Refused as e:
             request.setHeader(b"retry-after", str(e.retry_after).encode())
             return error_json(request, e.status, str(e))
@@ -213,8 +216,9 @@ class RendezvousApp:
     ) -> Deferred[None] | None:
         """A validated client message (POST or /ws) into the board, as the server relays it.
 
-        Raises `Refused` when it would register a peer past ``max_peers`` or
-        past the sending address's share (``max_peers_per_ip``).
+        Raises `SignatureRefused` when a signature rule refuses it (docs/signing.md),
+        `Refused` when it would register a peer past ``max_peers`` or past the
+        sending address's share (``max_peers_per_ip``).
 
         ``verified``: goop runs no registration service, so, as goop2 does
         without one, every accepted message is relayed with ``verified: true``
@@ -222,8 +226,16 @@ class RendezvousApp:
         """
         if not message.verified:
             message = message.stamped(verified=True)
-        self.board.admit(message, address)
-        return self.board.accept(message, nbytes, now)
+        board = self.board
+        signed = board.check_signature(message, now)
+        board.admit(message, address)
+        stored = board.accept(message, nbytes, now)
+        if signed:
+            if stored is None:
+                board.signatures.accepted(message, now)
+            else:
+                stored.addCallback(lambda _: board.signatures.accepted(message, now))
+        return stored
 
     @app.route("/events", branch=False)
     def events(self, request: Any) -> bytes | Deferred[bytes]:

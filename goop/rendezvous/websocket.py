@@ -53,11 +53,19 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from goop.logsafe import safe
-from goop.message import MAX_BODY_BYTES, MessageError, Origin, PresenceMessage, parse_message
+from goop.message import (
+    MAX_BODY_BYTES,
+    MessageError,
+    Origin,
+    PresenceMessage,
+    parse_message,
+    signed_ts,
+)
 from goop.rendezvous.board import Board, Refused
 from goop.rendezvous.eventlog import Event
 from goop.rendezvous.fanout import WS, Hub, Subscriber, idle_tcp, no_delay, plain_tcp, send_now
 from goop.rendezvous.http import error_json, wrong_method
+from goop.rendezvous.signatures import SignatureRefused
 from goop.wsframe import PING_FRAME, PONG_FRAME, TEXT, simple_frames, text_frame
 
 # Autobahn logs every frame and ping at debug level, and twistd writes debug
@@ -423,14 +431,12 @@ class WebSocketChannel:
 
     def opened(self, sock: PresenceSocket) -> None:
         ctx = sock.ctx
-        old = self.sockets.get(ctx.peer_id)
-        if old is not None:
-            # The newer socket wins; the old one leaves without an offline.
-            old.replaced = True
-            if old.subscriber is not None:
-                self.hub.remove(old.subscriber)
-            old.sendClose(1000, "replaced by a newer connection")
-        self.sockets[ctx.peer_id] = sock
+        entry = self.board.registry.get(ctx.peer_id)
+        # Anyone can open /ws?peer_id=X. For a peer that signs, a socket speaks
+        # for it (replaces its socket; its end is the peer's offline) only once
+        # it has sent a message signed by it: until then it only listens.
+        if entry is None or not signed_ts(entry.fields):
+            self._claim(sock)
         sock.heard = self.reactor.seconds()
         self._buckets[sock.bucket].add(sock)
         sub = sock.subscriber = SocketSubscriber(self.hub, sock, ctx)
@@ -441,6 +447,21 @@ class WebSocketChannel:
         # Hints this peer could not hear before its socket was up (goop2 posts
         # its online first), queued behind the snapshot it is owed.
         self.board.introduce(ctx.peer_id, self.reactor.seconds())
+
+    def _claim(self, sock: PresenceSocket) -> None:
+        """``sock`` is now its peer's socket: the newer one wins, the old one
+        leaves without an offline."""
+        old = self.sockets.get(sock.ctx.peer_id)
+        if old is sock:
+            return
+        if old is not None:
+            old.replaced = True
+            if old.subscriber is not None:
+                self.hub.remove(old.subscriber)
+                old.subscriber = None
+                self._buckets[old.bucket].discard(old)
+            old.sendClose(1000, "replaced by a newer connection")
+        self.sockets[sock.ctx.peer_id] = sock
 
     def received(self, sock: PresenceSocket, payload: bytes, is_binary: bool) -> None:
         if sock.ctx.probe or sock.subscriber is None:
@@ -463,10 +484,12 @@ class WebSocketChannel:
             return
         try:
             stored = self._submit(message, len(payload), now, sock.ctx.address)
-        except Refused as e:
+        except (Refused, SignatureRefused) as e:
             self._skip(sock, now, str(e))
             return
         self.frames_accepted += 1
+        if self.sockets.get(peer_id) is not sock and message.sig:
+            self._claim(sock)
         if stored is not None:
             stored.addErrback(
                 lambda f: self._skip(sock, self.reactor.seconds(), f.getErrorMessage())
@@ -492,8 +515,9 @@ class WebSocketChannel:
         self._buckets[sock.bucket].discard(sock)
         self.hub.remove(sub)
         peer_id = sock.ctx.peer_id
-        if self.sockets.get(peer_id) is sock:
-            del self.sockets[peer_id]
+        if self.sockets.get(peer_id) is not sock:
+            return  # replaced, or never its peer's (see opened): not the peer leaving
+        del self.sockets[peer_id]
         if sock.replaced or not self.board.accepting:
             return
         d = self.board.server_offline(peer_id, "its /ws socket closed", self.reactor.seconds())
