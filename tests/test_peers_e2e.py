@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,3 +188,65 @@ def test_corrupt_key_file_stops_startup_and_is_kept(tmp_path: Path) -> None:
     assert "identity.key_file" in text and str(key) in text, text
     assert "Traceback" not in text
     assert key.read_bytes() == b"this is not a key"
+
+
+def _snapshot_event(url: str, peer_id: str, timeout: float = 5.0) -> dict[str, object]:
+    """``peer_id``'s event in the snapshot a new ``/events`` stream gets."""
+    deadline = time.monotonic() + timeout
+    with urllib.request.urlopen(url + "/events", timeout=timeout) as resp:
+        while time.monotonic() < deadline:
+            line = resp.readline()
+            if line.startswith(b"data: "):
+                event = json.loads(line[6:])
+                if event.get("peerId") == peer_id:
+                    return dict(event)
+    raise AssertionError(f"no event for {peer_id} in the snapshot")
+
+
+def _post(url: str, body: object) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url + "/publish", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, ""
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())["error"]
+
+
+def test_an_attacker_cannot_evict_or_rewrite_signed_peers(cluster: Cluster) -> None:
+    """Two goop peers (they sign) and an attacker on one rendezvous: every spoofed
+    update, offline and replay is refused with 403, and each peer still lists the
+    other, with its own content, as verified."""
+    _, url = cluster.rendezvous("rv", extra=FAST)
+    a, a_id = cluster.peer("a", ["--rendezvous-wan", url, *FAST])
+    b, b_id = cluster.peer("b", ["--rendezvous-wan", url, *FAST])
+    sees(a, b_id, timeout=5)
+    sees(b, a_id, timeout=5)
+    captured = {pid: _snapshot_event(url, pid) for pid in (a_id, b_id)}
+    for pid, event in captured.items():
+        assert isinstance(event["sig"], str) and len(event["sig"]) == 88, event
+
+    for victim, event in captured.items():
+        forged = dict(event, content="pwned", ts=int(time.time() * 1000) + 10_000)
+        attempts = {
+            "unsigned update": {"type": "update", "peerId": victim, "content": "pwned"},
+            "unsigned offline": {"type": "offline", "peerId": victim},
+            "altered signed message": forged,
+            "replayed signed message": event,
+            "replayed as offline": dict(event, type="offline"),
+        }
+        for name, body in attempts.items():
+            code, why = _post(url, body)
+            assert code == 403, (name, code, why)
+
+    # What the server holds and serves is still each peer's own signed state...
+    for pid, name in ((a_id, "a"), (b_id, "b")):
+        event = _snapshot_event(url, pid)
+        assert event["content"] == name and event["sig"], event
+    # ... and each peer lists the other as it said it is, verified.
+    assert viewer_rows(a)[b_id]["content"] == "b"
+    assert viewer_rows(b)[a_id]["content"] == "a"
+    assert viewer_rows(a)[b_id]["proof"] == "verified"
+    assert viewer_rows(b)[a_id]["proof"] == "verified"
+    assert not any("gone" in line for line in a.lines + b.lines), a.output() + b.output()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -419,3 +420,62 @@ class ReferenceModelTests(SynchronousTestCase):
                 self.assertEqual(view.seen, peer.seen, pid)
                 self.assertEqual(view.message, peer.message, pid)
                 self.assertEqual(view.last_seen, max(peer.seen.values()))
+
+
+class SignedPresenceTests(SynchronousTestCase):
+    """What the table does with signatures (docs/signing.md, "A goop peer")."""
+
+    def setUp(self) -> None:
+        from goop.identity import _from_seed
+
+        self.alice = _from_seed(b"\x07" * 32, "")
+        self.table = PeerTable("me", ttl=20)
+
+    def signed(self, kind: str, ts: int, **fields: Any) -> PresenceMessage:
+        from dataclasses import replace
+
+        from goop.signing import sign, signing_key
+
+        m = PresenceMessage(kind, self.alice.peer_id, ts=ts, **fields)
+        return replace(m, sig=sign(signing_key(self.alice.seed), m))
+
+    def test_verified_entries_and_what_a_lying_relay_cannot_do(self) -> None:
+        from dataclasses import replace
+
+        from goop.peertable import Rejected
+
+        pid = self.alice.peer_id
+        good = self.signed("online", 10, content="alice")
+        self.assertEqual(self.table.observe("wan", good, 1.0), "appeared")
+        self.assertEqual(self.table.rows()[0]["proof"], "verified")
+        for bad in (
+            replace(good, content="forged by the relay"),  # altered
+            replace(self.signed("update", 11, content="x"), ts=12),  # ts changed
+            PresenceMessage("update", pid, "unsigned now", ts=13),  # signature stripped
+            self.signed("update", 9, content="older"),  # replayed older one
+        ):
+            with self.assertRaises(Rejected):
+                self.table.observe("wan", bad, 2.0)
+            view = self.table.get(pid)
+            assert view is not None
+            self.assertEqual(view.message, good)
+        # The same message again (a snapshot after a reconnect) is fine.
+        self.assertIsNone(self.table.observe("wan", good, 3.0))
+        # Another channel that never carried her signature (a goop2 server
+        # strips it) may still show her unsigned message.
+        self.table.observe("local", PresenceMessage("update", pid, "via goop2", ts=14), 4.0)
+        self.assertEqual(self.table.rows()[0]["proof"], "unsigned")
+
+    def test_a_rendezvous_offline_is_taken_unsigned_the_lan_one_is_not(self) -> None:
+        from goop.peertable import Rejected
+
+        pid = self.alice.peer_id
+        self.table.observe("lan", self.signed("online", 10), 1.0)
+        self.table.observe("wan", self.signed("online", 11), 1.0)
+        with self.assertRaises(Rejected):
+            self.table.observe("lan", PresenceMessage("offline", pid, ts=12), 2.0)
+        self.assertEqual(self.table.observe("wan", PresenceMessage("offline", pid, ts=12), 2.0),
+                         "changed")
+        view = self.table.get(pid)
+        assert view is not None
+        self.assertEqual(view.sources, ["lan"])
