@@ -224,7 +224,7 @@ def test_an_attacker_cannot_evict_or_rewrite_signed_peers(cluster: Cluster) -> N
     sees(a, b_id, timeout=5)
     sees(b, a_id, timeout=5)
     captured = {pid: _snapshot_event(url, pid) for pid in (a_id, b_id)}
-    for pid, event in captured.items():
+    for event in captured.values():
         assert isinstance(event["sig"], str) and len(event["sig"]) == 88, event
 
     for victim, event in captured.items():

@@ -11,6 +11,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import treq
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -158,6 +159,41 @@ class SignedPublishTests(WsTestCase):
         second.send_json(signed_by(ALICE, "update", t + 3, content="alice").to_dict())
         yield alice.closed.addTimeout(10, reactor)
         self.assertIsNot(sockets[ALICE.peer_id], mine)
+
+
+class SignedKeyDirectoryTests(WsTestCase):
+    @defer.inlineCallbacks
+    def post_key(self, peer_id: str, key: str) -> Any:
+        r = yield treq.post(
+            f"http://{self.base}/api/encryption/keys",
+            data=json.dumps({"peer_id": peer_id, "public_key": key}).encode(),
+            pool=self.pool,
+        )
+        yield r.content()
+        return r.code
+
+    @defer.inlineCallbacks
+    def get_key(self, peer_id: str) -> Any:
+        r = yield self.get(f"/api/encryption/keys/{peer_id}")
+        body = yield r.json()
+        return body.get("public_key")
+
+    @defer.inlineCallbacks
+    def test_only_the_key_a_signed_peer_signed(self) -> None:
+        """A key posted before the peer signed is not served once it signs; another key
+        for it is refused (403); the one it signed is taken and served."""
+        self.start()
+        self.assertEqual((yield self.post_key(ALICE.peer_id, "planted-by-someone")), 201)
+        message = signed_by(ALICE, "online", int(reactor.seconds() * 1000), public_key="K1")
+        r = yield self.post(message.to_dict())
+        self.assertEqual(r.code, 204)
+        self.assertEqual((yield self.get_key(ALICE.peer_id)), "K1")
+        self.assertEqual((yield self.post_key(ALICE.peer_id, "K2")), 403)
+        self.assertEqual((yield self.post_key(ALICE.peer_id, "K1")), 201)
+        self.assertEqual((yield self.get_key(ALICE.peer_id)), "K1")
+        # A peer that does not sign keeps goop2's rules.
+        self.assertEqual((yield self.post_key(GOOP2, "G")), 201)
+        self.assertEqual((yield self.get_key(GOOP2)), "G")
 
 
 def _first_data_line(response: Any) -> defer.Deferred[str]:

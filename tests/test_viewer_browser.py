@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from goop.identity import _from_seed
+from goop.message import PresenceMessage
+from goop.signing import sign, signing_key
 from tests.procs import GoopProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -73,6 +78,13 @@ def test_viewer_shows_client_version_and_verified(browser: Browser, peer: GoopPr
     req = urllib.request.Request(rendezvous + "/publish", data=body, method="POST")
     with urllib.request.urlopen(req, timeout=5) as r:
         assert r.status == 204
+    # A peer that signs (as goop peers do): its row says the signature was checked.
+    signer = _from_seed(b"\x05" * 32, "")
+    message = PresenceMessage("online", signer.peer_id, "S", ts=int(time.time() * 1000))
+    message = replace(message, sig=sign(signing_key(signer.seed), message))
+    req = urllib.request.Request(rendezvous + "/publish", data=message.encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 204
     context = browser.new_context()
     try:
         page = context.new_page()
@@ -85,5 +97,11 @@ def test_viewer_shows_client_version_and_verified(browser: Browser, peer: GoopPr
         expect(cells.nth(headers.index("client"))).to_have_text("dev")
         expect(cells.nth(headers.index("verified"))).to_have_text("\u2713 yes")
         expect(cells.nth(headers.index("seen on"))).to_have_text("local")
+        expect(cells.nth(headers.index("signed"))).to_have_text("unsigned")
+        signed_row = page.locator(f'#peers tr[data-peer-id="{signer.peer_id}"]')
+        expect(signed_row).to_have_count(1, timeout=TIMEOUT_MS)
+        expect(signed_row.locator("td").nth(headers.index("signed"))).to_have_text(
+            "\u2713 signature checked"
+        )
     finally:
         context.close()

@@ -92,6 +92,10 @@ class SignaturePolicy:
             raise SignatureRefused("replay: ts is not newer than the last accepted message")
         return True
 
+    def remembers(self, peer_id: str) -> bool:
+        """True when ``peer_id`` published a signed message within the window."""
+        return peer_id in self._last
+
     def accepted(self, message: PresenceMessage, now: float) -> None:
         """``message`` (signed) went into the table: remember its ts."""
         if not message.sig:

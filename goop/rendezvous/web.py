@@ -27,6 +27,7 @@ from goop.message import (
     PresenceMessage,
     decode_json,
     parse_message,
+    signed_ts,
 )
 from goop.ratelimit import SlidingWindowLimiter
 from goop.rendezvous import pages
@@ -288,6 +289,13 @@ class RendezvousApp:
         header = (request.getHeader(b"x-goop-peerid") or b"").decode("utf-8", "replace").strip()
         try:
             peer_id, key = parse_key_post(decode_json(request.content.read()), header)
+            signed = self._signed_key(peer_id)
+            if signed is not None and key != signed:
+                raise KeyRefused(
+                    403,
+                    "this peer signs its presence: the only key taken for it is the "
+                    "publicKey its signed presence message carries",
+                )
             self.keys.put(peer_id, key, now, self.board.registry)
         except MessageError as e:
             return error_json(request, 400, str(e))
@@ -302,12 +310,24 @@ class RendezvousApp:
         refused = wrong_method(request, "GET")
         if refused is not None:
             return refused
-        entry = self.board.registry.get(peer_id)
-        key = entry.message.public_key if entry is not None else ""
-        key = key or self.keys.get(peer_id) or ""
+        signed = self._signed_key(peer_id)
+        if signed is not None:
+            key = signed  # nothing the peer did not sign
+        else:
+            entry = self.board.registry.get(peer_id)
+            key = entry.message.public_key if entry is not None else ""
+            key = key or self.keys.get(peer_id) or ""
         if not key:
             return error_json(request, 404, "no key for this peer")
         return send_json(request, 200, {"public_key": key})
+
+    def _signed_key(self, peer_id: str) -> str | None:
+        """For a peer that signs its presence, the ``publicKey`` it signed ("" when it
+        signed none); None for a peer that does not sign (goop2's directory rules)."""
+        entry = self.board.registry.get(peer_id)
+        if entry is not None and signed_ts(entry.fields):
+            return entry.message.public_key
+        return "" if self.board.signatures.remembers(peer_id) else None
 
     @app.route("/api/capabilities", branch=False)
     def capabilities(self, request: Any) -> bytes:
