@@ -93,11 +93,16 @@ class VethPair:
 
 
 class NetnsGoop(GoopProcess):
-    """``twistd -n goop ARGS`` inside network namespace ``ns``."""
+    """``twistd -n goop ARGS`` inside network namespace ``ns`` (or ``command``, a
+    whole argv, instead of twistd: another test program, e.g. tests/lanforger.py)."""
 
-    def __init__(self, ns: str, args: Sequence[str], cwd: str) -> None:
+    def __init__(
+        self, ns: str, args: Sequence[str], cwd: str, command: Sequence[str] = ()
+    ) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        argv = VethPair.exec_argv(ns, [TWISTD, "--pidfile=", "-n", "goop", *args])
+        argv = VethPair.exec_argv(
+            ns, list(command) or [TWISTD, "--pidfile=", "-n", "goop", *args]
+        )
         self.ns = ns
         self.proc = subprocess.Popen(
             argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -9,6 +9,9 @@ deadline; elapsed times are measured from the moment a line is read.
 
 from __future__ import annotations
 
+import base64
+import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +121,35 @@ def test_peers_with_different_mdns_tags_never_see_each_other(lan: Lan) -> None:
     assert b.get_json(viewer_url(b) + "/peers") == []
     assert not any(b_id in line for line in a.lines + c.lines), a.output() + c.output()
     assert not any(a_id in line or c_id in line for line in b.lines), b.output()
+
+
+def test_a_forged_presence_message_from_a_third_lan_peer_is_dropped(lan: Lan) -> None:
+    """A third libp2p peer (tests/lanforger.py, its own key) joins the topic and
+    publishes presence naming ``b``: unsigned, and with a signature that is not
+    ``b``'s. ``a`` drops every one (logged), and still lists ``b`` as ``b`` says
+    it is, signature checked."""
+    a, a_id = lan.peer("a", "alice")
+    _, b_id = lan.peer("b", "bob")
+    a.wait_for_line(rf"sees peer {b_id}\b.*\blan\b", timeout=10)
+    port = a.wait_for_line(r"libp2p listening .* on /ip4/\S+/tcp/(\d+)/p2p/").group(1)
+    dial = f"/ip4/{lan.pair.addr_a}/tcp/{port}/p2p/{a_id}"
+    fake_sig = base64.b64encode(bytes(64)).decode()
+    victim = json.dumps({"type": "update", "peerId": b_id, "content": "bob", "ts": 1,
+                         "sig": fake_sig})
+    cwd = lan.root / "forger"
+    cwd.mkdir()
+    forger = NetnsGoop(
+        lan.pair.b, [], str(cwd),
+        command=[sys.executable, str(Path(__file__).parent / "lanforger.py"),
+                 str(cwd / "forger.key"), dial, b_id, victim],
+    )
+    lan.procs.append(forger)
+    forger_id = forger.wait_for_line(r"forger (12D3KooW\w+) connected", timeout=30).group(1)
+    forger.wait_for_line(r"forged 10\b", timeout=20)  # 2 s of forging, 22 messages
+    a.wait_for_line(rf"ignoring GossipSub presence for {b_id} signed by {forger_id}", timeout=5)
+
+    rows = {row["peer_id"]: row for row in a.get_json(viewer_url(a) + "/peers")}
+    assert rows[b_id]["content"] == "bob", rows
+    assert rows[b_id]["proof"] == "verified", rows
+    assert not any("forged by" in line for line in a.lines), a.output()
+    assert forger_id not in rows or rows[forger_id]["content"] != "bob"
