@@ -16,7 +16,9 @@ stdout), like ``bench/loadgen.py``:
 3. ``go``: every peer sends its heartbeat, a masked text frame built once per
    peer (``{"type":"update","peerId":ID,"content":C}``, C being the content it
    registered with, so nothing changes), every ``--interval`` seconds, the
-   peers staggered evenly over the interval. ``stop`` ends that.
+   peers staggered evenly over the interval. ``stop`` ends that. With
+   ``--signed`` the peers have real Ed25519 identities and each heartbeat is
+   built and signed when sent (with ``ts`` now), as a goop peer's is.
 4. ``stats``: prints the counters (heartbeats written, pings seen, pongs sent,
    the server's unsolicited pongs seen,
    frames, sockets closed by the server, own CPU seconds). ``quit``.
@@ -41,6 +43,7 @@ import select
 import socket
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -120,6 +123,9 @@ class WsPeers:
         self.beat_t0 = 0.0
         self.beat_seq = 0
         self.commands = loadgen.StdinCommands()
+        self.keys: list[Any] = []  # --signed: each peer's signing key
+        self.contents: list[str] = []
+        self.last_ts = [0] * args.n
 
     # -- registering --------------------------------------------------------------
 
@@ -132,6 +138,11 @@ class WsPeers:
             max_lifetime=a.max_lifetime, steady=True, change_every=0,
         )  # fmt: skip
         pubs = loadgen.Publishers(ns)
+        if a.signed:
+            # Real identities: each peer's ID carries the key its heartbeats are
+            # signed with (goop.signing), as a goop peer's does.
+            self.keys = [_key(a.prefix, i) for i in range(a.n)]
+            pubs.peers = [_peer_id(k).encode() for k in self.keys]
         pubs.connect()
         t = time.monotonic()
         pubs.register()
@@ -146,7 +157,20 @@ class WsPeers:
             )
             key = key_src[4 * i : 4 * i + 4]
             self.peers.append(Peer(i, peer_id, mask_frame(0x1, body, key)))
+            self.contents.append(pubs.content[peer_id].decode())
         return took
+
+    def _signed_frame(self, peer: Peer) -> bytes:
+        """A fresh heartbeat signed by ``peer``'s key: its ts is now (the server's
+        replay rule refuses a ts it has seen), so it is built and signed per send."""
+        from goop.message import PresenceMessage
+        from goop.signing import sign
+
+        ts = max(int(time.time() * 1000), self.last_ts[peer.idx] + 1)
+        self.last_ts[peer.idx] = ts
+        message = PresenceMessage("update", peer.peer_id.decode(), self.contents[peer.idx], ts=ts)
+        message = replace(message, sig=sign(self.keys[peer.idx], message))
+        return mask_frame(0x1, message.encode(), os.urandom(4))
 
     # -- opening ------------------------------------------------------------------
 
@@ -435,7 +459,8 @@ class WsPeers:
             if peer.state != OPEN:
                 continue
             self.heartbeats += 1
-            if not self._send(peer, peer.frame):
+            frame = self._signed_frame(peer) if self.keys else peer.frame
+            if not self._send(peer, frame):
                 self.hb_partial += 1
         self.beat_seq = seq
         return max(0.0, self.beat_t0 + seq * gap - time.monotonic())
@@ -500,6 +525,18 @@ class WsPeers:
         print("wsload: max lifetime reached", file=sys.stderr)
 
 
+def _key(prefix: str, i: int) -> Any:
+    from nacl.signing import SigningKey
+
+    return SigningKey(hashlib.sha256(f"{prefix}{i}".encode()).digest())
+
+
+def _peer_id(key: Any) -> str:
+    from goop.identity import peer_id_from_public_key
+
+    return peer_id_from_public_key(bytes(key.verify_key))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, required=True)
@@ -520,6 +557,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--connect-timeout", type=float, default=300.0)
     p.add_argument("--max-lifetime", type=float, default=900.0)
     p.add_argument("--progress-s", type=float, default=10.0, help="open: progress to stderr")
+    p.add_argument(
+        "--signed", action="store_true", help="real peer IDs; every heartbeat signed (fresh ts)"
+    )
     args = p.parse_args(argv)
     loadgen.raise_nofile()
     peers = WsPeers(args)
