@@ -49,6 +49,10 @@ class PeerView:
     seen: dict[str, float] = field(default_factory=dict)
     # channel -> ts of the last signed message heard there
     signed: dict[str, int] = field(default_factory=dict)
+    # How it left, once it has: its own offline (signed or not), the
+    # rendezvous's (a signed peer's offline that no signature covers, which
+    # only a server makes: expiry or a closed socket), or silence.
+    departure: str = ""
 
     @property
     def proof(self) -> str:
@@ -146,6 +150,12 @@ class PeerTable:
         if message.type == "offline":
             if view is None or source not in view.seen:
                 return None
+            if message.sig:
+                view.departure = f"signed offline via {source}"
+            elif source in view.signed:
+                view.departure = f"the {source} rendezvous's own offline (expiry or socket closed)"
+            else:
+                view.departure = f"offline via {source}"
             view.signed.pop(source, None)
             del view.seen[source]
             if view.seen:
@@ -205,6 +215,7 @@ class PeerTable:
             if view.seen:
                 self._notify(CHANGED, view)
             else:
+                view.departure = f"silent for {self.ttl:g}s"
                 del self._peers[view.peer_id]
                 self._notify(LEFT, view)
                 gone.append(view.peer_id)

@@ -479,3 +479,18 @@ class SignedPresenceTests(SynchronousTestCase):
         view = self.table.get(pid)
         assert view is not None
         self.assertEqual(view.sources, ["lan"])
+
+    def test_how_a_peer_left_is_kept_for_the_log(self) -> None:
+        pid = self.alice.peer_id
+        self.table.observe("wan", self.signed("online", 10), 1.0)
+        self.table.observe("wan", PresenceMessage("offline", pid, ts=11), 2.0)
+        self.assertIsNone(self.table.get(pid))
+        left: list[PeerView] = []
+        self.table.add_observer(lambda kind, view: left.append(view) if kind == LEFT else None)
+        self.table.observe("wan", self.signed("online", 12), 3.0)
+        self.table.observe("wan", self.signed("offline", 13), 4.0)
+        self.table.observe("lan", self.signed("online", 14), 5.0)
+        self.table.expire(100.0)
+        self.assertEqual(
+            [v.departure for v in left], ["signed offline via wan", "silent for 20s"]
+        )

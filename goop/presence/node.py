@@ -229,7 +229,9 @@ class PeerTableService(Service):
                 sources=",".join(view.sources),
             )
         elif kind == "left":
-            self.log.info("peer {peer_id} gone", peer_id=safe(view.peer_id))
+            self.log.info(
+                "peer {peer_id} gone ({why})", peer_id=safe(view.peer_id), why=view.departure
+            )
 
     def _expire(self) -> None:
         try:
