@@ -254,7 +254,9 @@ def probe_main(argv: list[str]) -> None:
     """Runs in a namespace: one MdnsBridge with a fake dialer; prints RESULT <json>.
 
     argv: tag, our address, our peer ID, "find" (stop once a peer was dialled,
-    at most 15 s) or "wait" (run 4 s), "bad" to also advertise a bogus record.
+    at most 15 s) or "wait" (run 4 s; "wait:N" N s), "bad" to also advertise a
+    bogus record. The result has ``first_dial_s``: seconds from the bridge's
+    start to its first dial.
     """
     import socket
     import threading
@@ -267,6 +269,7 @@ def probe_main(argv: list[str]) -> None:
 
     tag, addr, peer_id, how, bad = argv
     log: list[str] = []
+    result: dict[str, Any] = {}
 
     def observe(event: dict[str, Any]) -> None:
         from twisted.logger import formatEvent
@@ -285,13 +288,14 @@ def probe_main(argv: list[str]) -> None:
             return defer.succeed([f"/ip4/{addr}/tcp/4001/p2p/{peer_id}"])
 
         def connect(self, multiaddr: str) -> defer.Deferred[None]:
+            if not dialled:
+                result["first_dial_s"] = round(time.monotonic() - result["started"], 3)
             dialled.append(multiaddr)
             return defer.succeed(None)
 
     bridge = MdnsBridge(
         reactor, FakeDialer(), tag, (addr,), on_found=lambda p, a: found.append(p)
     )
-    result: dict[str, Any] = {}
 
     def register_bogus() -> None:
         from zeroconf import ServiceInfo
@@ -310,8 +314,10 @@ def probe_main(argv: list[str]) -> None:
     @defer.inlineCallbacks
     def main():  # type: ignore[no-untyped-def]
         result["reactor_thread"] = threading.current_thread().name
+        result["started"] = time.monotonic()
         bridge.startService()
-        deadline = time.monotonic() + (15 if how == "find" else 4)
+        wait = float(how.split(":")[1]) if ":" in how else 4
+        deadline = time.monotonic() + (15 if how == "find" else wait)
         registered = False
         while time.monotonic() < deadline:
             if bad and not registered and bridge.zeroconf is not None:

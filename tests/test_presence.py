@@ -378,3 +378,43 @@ class WanFailureTests(TestCase):
         port = reactor.listenTCP(0, server.Site(_Error500()), interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
         return self.check_local_path_with_wan(f"http://127.0.0.1:{port.getHost().port}")
+
+
+class LyingRelayTests(Harness):
+    @defer.inlineCallbacks
+    def test_a_rendezvous_that_alters_a_signed_peer_is_caught(self) -> None:
+        """A relay serves alice's real signed event, then the same with its content
+        changed, then an unsigned update for her: the peer keeps the real one (marked
+        verified), drops the other two, and logs why."""
+        from dataclasses import replace
+
+        from goop.identity import _from_seed
+        from goop.peertable import PeerTable
+        from goop.presence.node import table_feeder
+        from goop.signing import sign, signing_key
+
+        alice = _from_seed(b"\x04" * 32, "")
+        real = PresenceMessage("online", alice.peer_id, "alice", ts=1_796_203_421_127)
+        real = replace(real, sig=sign(signing_key(alice.seed), real))
+        altered = replace(real, type="update", content="rewritten by the relay")
+        unsigned = PresenceMessage("update", alice.peer_id, "unsigned", ts=real.ts + 5)
+        body = b"".join(
+            b"id: %d\ndata: %s\n\n" % (n, m.encode())
+            for n, m in enumerate((real, altered, unsigned), 1)
+        ) + b"id: 4\ndata: " + json.dumps({"type": "online", "peerId": "marker"}).encode() + b"\n\n"
+        _Scripted.bodies = [(body, False)]
+        url, _ = self.raw_server(_Scripted)
+        table = PeerTable("me", ttl=60)
+        feed = table_feeder(table, "wan", reactor)
+        with capturedLogs() as events:
+            c = EventStreamConsumer(reactor, lambda: url, feed, self.http.client)
+            c.startService()
+            self.addCleanup(c.stopService)
+            yield until(lambda: "marker" in table)
+        view = table.get(alice.peer_id)
+        assert view is not None
+        self.assertEqual(view.message.content, "alice")
+        self.assertEqual(view.proof, "verified")
+        self.assertEqual(table.rejected, 2)
+        logged = " ".join(formatEvent(e) for e in events)
+        self.assertIn("bad signature", logged)

@@ -389,6 +389,31 @@ class Libp2pAdapter(Service):
                     nursery.start_soon(self._read_loop, subscription)
                     await trio.sleep_forever()
 
+    def _announced(self, candidates: list[Any]) -> list[Any]:
+        """What identify (and signed peer records) tell other peers we listen on:
+        every unspecified listen address (``0.0.0.0``) replaced by the interface
+        addresses it stands for, loopback only when nothing else exists. py-libp2p
+        would send ``/ip4/0.0.0.0/tcp/N``, which the other side stores and cannot
+        dial. Runs in trio, per identify exchange (reading interfaces is one
+        syscall, no I/O)."""
+        import multiaddr
+
+        out: list[Any] = []
+        for addr in candidates:
+            try:
+                ip = addr.value_for_protocol("ip4")
+                port = int(addr.value_for_protocol("tcp"))
+            except Exception:
+                out.append(addr)
+                continue
+            if ip != "0.0.0.0":
+                out.append(addr)
+                continue
+            for text in presence_addrs(ip, port, interface_addresses()):
+                if text not in (str(a) for a in out):
+                    out.append(multiaddr.Multiaddr(text))
+        return out
+
     def _build(self) -> tuple[Any, Any, Any]:
         from libp2p import new_host
         from libp2p.crypto.ed25519 import create_new_key_pair
@@ -412,6 +437,7 @@ class Libp2pAdapter(Service):
             key_pair=key_pair,
             sec_opt={NOISE_ID: noise},
             muxer_opt={TProtocol(YAMUX_ID): Yamux},
+            addrs_factory=self._announced,
         )
         if host.get_id().to_base58() != self.peer_id:
             raise RuntimeError("libp2p derived a different peer ID from our key")

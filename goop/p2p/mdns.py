@@ -1,10 +1,21 @@
 """The zeroconf (mDNS) bridge: advertise this peer on the LAN, find others, dial them.
 
-One job: python-zeroconf announces this peer under the DNS-SD service type
-``_<mdns_tag>._udp.local.`` (instance name = our peer ID) with one TXT
-string ``dnsaddr=<multiaddr>/p2p/<peer id>`` per libp2p address (go-libp2p's
-form), browses the same type, and hands every peer it finds to the libp2p
-adapter to dial. See docs/lan.md for why the tag maps to that type.
+One job: python-zeroconf announces this peer under two service names, the
+DNS-SD type ``_<mdns_tag>._udp.local.`` and the bare ``<mdns_tag>.local.``
+that goop2 (go-libp2p's mDNS with its tag) puts on the wire, each with one
+TXT string ``dnsaddr=<multiaddr>/p2p/<peer id>`` per libp2p address (the
+libp2p mDNS spec's form) plus SRV and A records (for DNS-SD browsers and
+goop2, which wants them); browses both, on one Zeroconf (one socket); and
+hands every peer it finds to the libp2p adapter to dial. A peer is dialled
+from its TXT ``dnsaddr=`` records as soon as they are known, without
+waiting for SRV/A records a spec-only announcer (js-libp2p) never sends.
+See docs/lan.md for the records on the wire.
+
+Hostile input: only private, link-local or shared (CGNAT) addresses are
+dialled (never loopback, unspecified, multicast or public ones: a LAN
+announcement must not make us dial the internet); at most `MAX_PEERS`
+peers are remembered and dialled at once; each kind of refusal is logged
+at most once a minute.
 
 Threads: zeroconf runs its own event-loop thread, and a threaded
 ServiceBrowser calls its handler in the browser's thread. The handler
@@ -31,6 +42,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
+from goop.logsafe import safe
+
 RESOLVE_TIMEOUT_MS: Final = 3000
 # Seconds before the same addresses of a peer are dialled again.
 REDIAL_AFTER: Final = 10.0
@@ -46,9 +59,32 @@ class TxtError(ValueError):
     """A TXT record that is not a usable goop advertisement; str() says why."""
 
 
+# Peers found by mDNS remembered (and so dialled) at once; more are refused.
+MAX_PEERS: Final = 256
+WARN_EVERY: Final = 60.0
+_CGNAT: Final = ipaddress.ip_network("100.64.0.0/10")
+
+
 def service_type(tag: str) -> str:
     """The DNS-SD type for ``p2p.mdns_tag`` (1-15 letters, digits, hyphens)."""
     return f"_{tag}._udp.local."
+
+
+def bare_type(tag: str) -> str:
+    """The service name goop2 (go-libp2p's mDNS) uses for the same tag: ``<tag>.local.``."""
+    return f"{tag}.local."
+
+
+def on_the_lan(multiaddr: str) -> bool:
+    """True for an ``/ip4/`` address a LAN peer may be dialled at (private, link-local
+    or CGNAT; never loopback, unspecified, multicast or public)."""
+    try:
+        ip = ipaddress.IPv4Address(_host_of(multiaddr))
+    except (ValueError, IndexError):
+        return False
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+        return False
+    return ip.is_private or ip.is_link_local or ip in _CGNAT
 
 
 def encode_txt(strings: list[bytes]) -> bytes:
@@ -119,6 +155,15 @@ def _host_of(multiaddr: str) -> str:
     return multiaddr.split("/")[2]
 
 
+def _cached_txt(zeroconf: Any, service_type: str, name: str) -> bytes:
+    """The TXT RDATA zeroconf holds for ``name`` (b"" when none)."""
+    from zeroconf import ServiceInfo
+
+    info = ServiceInfo(service_type, name)
+    info.load_from_cache(zeroconf)
+    return bytes(info.text or b"")
+
+
 class Dialer(Protocol):
     """What the bridge needs from the libp2p adapter."""
 
@@ -145,6 +190,7 @@ class MdnsBridge(Service):
         self.reactor = reactor
         self.dialer = dialer
         self.type = service_type(tag)
+        self.bare = bare_type(tag)
         self.interfaces = interfaces
         self.on_found = on_found
         self.zeroconf: Any = None
@@ -157,6 +203,8 @@ class MdnsBridge(Service):
         self.handler_threads: set[str] = set()
         # zeroconf's own threads (event loop, browser), to check they end at stop.
         self.threads: list[threading.Thread] = []
+        self.refused = 0  # announcements dropped (bad TXT, no LAN address, too many peers)
+        self._warned: dict[str, float] = {}
 
     def privilegedStartService(self) -> None:
         # zeroconf is imported before the reactor runs (under twistd): an import
@@ -191,8 +239,9 @@ class MdnsBridge(Service):
 
         def started(_: None) -> None:
             self.log.info(
-                "mDNS: advertising {type} with {addrs}; browsing for peers",
+                "mDNS: advertising {type} and {bare} with {addrs}; browsing for peers",
                 type=self.type,
+                bare=self.bare,
                 addrs=" ".join(mine) or "(no address)",
             )
 
@@ -209,20 +258,22 @@ class MdnsBridge(Service):
         self.threads = [t for t in (getattr(zc, "_loop_thread", None),) if t is not None]
         if self._closed:
             return
-        self._browser = ServiceBrowser(zc, self.type, handlers=[self._on_change])
+        self._browser = ServiceBrowser(zc, [self.type, self.bare], handlers=[self._on_change])
         self.threads.append(self._browser)
         if not addrs:
             return
         peer_id = self.dialer.peer_id
-        info = ServiceInfo(
-            self.type,
-            f"{peer_id}.{self.type}",
-            port=port,
-            properties=advertisement(peer_id, addrs),
-            server=f"{peer_id.lower()[-16:]}.local.",
-            addresses=[socket.inet_aton(_host_of(a)) for a in addrs],
-        )
-        zc.register_service(info)
+        for kind in (self.type, self.bare):
+            info = ServiceInfo(
+                kind,
+                f"{peer_id}.{kind}",
+                port=port,
+                properties=advertisement(peer_id, addrs),
+                server=f"{peer_id.lower()[-16:]}.local.",
+                addresses=[socket.inet_aton(_host_of(a)) for a in addrs],
+            )
+            # The bare name is no valid DNS-SD type: registered without the check.
+            zc.register_service(info, strict=kind == self.type)
 
     def _stop_zeroconf(self) -> None:
         zc, self.zeroconf = self.zeroconf, None
@@ -241,15 +292,23 @@ class MdnsBridge(Service):
         if state_change is ServiceStateChange.Removed:
             self.reactor.callFromThread(self._gone, name)
             return
+        # The libp2p mDNS spec's answer is a PTR with TXT dnsaddr= records (in
+        # the same packet, so in the cache now) and nothing else: dial from
+        # those. Only when no TXT came along, ask (SRV, TXT, A), and take the
+        # TXT even if SRV/A never come.
         try:
-            info = zeroconf.get_service_info(service_type, name, timeout=RESOLVE_TIMEOUT_MS)
+            txt = _cached_txt(zeroconf, service_type, name)
+            if not txt:
+                info = zeroconf.get_service_info(service_type, name, timeout=RESOLVE_TIMEOUT_MS)
+                txt = bytes(info.text or b"") if info is not None else b""
+                txt = txt or _cached_txt(zeroconf, service_type, name)
         except Exception as e:
             self.reactor.callFromThread(self._unresolved, name, repr(e))
             return
-        if info is None:
-            self.reactor.callFromThread(self._unresolved, name, "no answer")
+        if not txt:
+            self.reactor.callFromThread(self._unresolved, name, "no TXT record")
             return
-        self.reactor.callFromThread(self._found, name, bytes(info.text or b""))
+        self.reactor.callFromThread(self._found, name, txt)
 
     # --- runs on the reactor thread -------------------------------------------
 
@@ -271,9 +330,18 @@ class MdnsBridge(Service):
         try:
             peer_id, addrs = parse_advertisement(txt)
         except TxtError as e:
-            self.log.warn("mDNS: ignoring {name}: {why}", name=name[:120], why=str(e))
+            self._refuse("txt", f"ignoring {safe(name, 120)}: {e}")
             return
         if peer_id == self.dialer.peer_id:
+            return
+        lan = [a for a in addrs if on_the_lan(a)]
+        if not lan:
+            listed = " ".join(addrs)
+            self._refuse("addrs", f"ignoring {peer_id}: no private or link-local address: {listed}")
+            return
+        addrs = lan
+        if peer_id not in self.known and len(self.known) >= MAX_PEERS:
+            self._refuse("full", f"ignoring {peer_id}: already {MAX_PEERS} peers found by mDNS")
             return
         if self.on_found is not None:
             self.on_found(peer_id, addrs)
@@ -287,6 +355,16 @@ class MdnsBridge(Service):
         self.known[peer_id] = (addrs, now)
         self.log.info("mDNS: found {peer_id} at {addrs}", peer_id=peer_id, addrs=" ".join(addrs))
         self._dial(peer_id, list(addrs))
+
+    def _refuse(self, kind: str, why: str) -> None:
+        """Count a dropped announcement; log it unless one of its kind was logged
+        in the last `WARN_EVERY` seconds (a flood of them is one line a minute)."""
+        self.refused += 1
+        now = self.reactor.seconds()
+        if now - self._warned.get(kind, float("-inf")) < WARN_EVERY:
+            return
+        self._warned[kind] = now
+        self.log.warn("mDNS: {why} ({count} dropped so far)", why=why, count=self.refused)
 
     def _dial(self, peer_id: str, addrs: list[str]) -> None:
         if not addrs or not self.running:
