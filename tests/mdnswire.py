@@ -195,7 +195,8 @@ def listen(tag: str, ip: str, seconds: float) -> None:
     asked = 0.0
     while time.monotonic() < deadline:
         if time.monotonic() - asked >= 1.0:
-            s.sendto(query([f"{tag}.local.", f"_{tag}._udp.local."]), MDNS)
+            # And a name nobody here owns: nothing may answer it.
+            s.sendto(query([f"{tag}.local.", f"_{tag}._udp.local.", "_nobody._udp.local."]), MDNS)
             asked = time.monotonic()
         try:
             data, source = s.recvfrom(9000)

@@ -244,3 +244,33 @@ class PunchDialTests(AdapterHarness):
         yield self.assertFailure(a.dial("not-a-peer-id", ["/ip4/127.0.0.1/tcp/1"]), DialError)
         yield self.assertFailure(a.dial(a.peer_id, ["/ip4/127.0.0.1/tcp/1"]), DialError)
         self.assertEqual((yield a.connected_peers()), [])
+
+
+class IdentifyTests(AdapterHarness):
+    @defer.inlineCallbacks
+    def test_identify_never_tells_a_peer_to_dial_0_0_0_0(self):  # type: ignore[no-untyped-def]
+        """``a`` listens on 0.0.0.0 (bound, never dialled on anything but loopback);
+        once identify has run, what ``b`` stored for it holds no unspecified address."""
+        got = self.received.setdefault("a", [])
+        a = Libp2pAdapter(reactor, self.identity("a"), "goop.test.v1", got.append,
+                          listen_host="0.0.0.0")
+        a.startService()
+        self.addCleanup(a.stopService)
+        yield a.when_ready()
+        b, _ = yield self.adapter("b")
+        yield b.connect(f"/ip4/127.0.0.1/tcp/{a.port}/p2p/{a.peer_id}")
+
+        async def stored_addrs(peer_id: str) -> list[str]:
+            import trio
+            from libp2p.peer.id import ID
+
+            store = b._host.get_peerstore()
+            who = ID.from_base58(peer_id)
+            with trio.move_on_after(10):
+                while not store.get_protocols(who):  # identify has not answered yet
+                    await trio.sleep(0.05)
+            return [str(x) for x in store.addrs(who)]
+
+        addrs = yield b._call(stored_addrs, a.peer_id)
+        self.assertTrue(any(f"/tcp/{a.port}" in x for x in addrs), addrs)
+        self.assertFalse([x for x in addrs if "/ip4/0.0.0.0/" in x], addrs)

@@ -155,6 +155,30 @@ def _host_of(multiaddr: str) -> str:
     return multiaddr.split("/")[2]
 
 
+def _bare_listener(bridge: MdnsBridge) -> Any:
+    """A zeroconf record listener (it runs on zeroconf's event loop) that hands the
+    PTR records of ``bridge.bare`` to the reactor: added ones to resolve, expired
+    ones (a goodbye) as gone."""
+    from zeroconf import RecordUpdateListener
+    from zeroconf.const import _TYPE_PTR
+
+    class BareNameListener(RecordUpdateListener):
+        def async_update_records(self, zc: Any, now: float, records: list[Any]) -> None:
+            for update in records:
+                record = update.new
+                if record.type != _TYPE_PTR or record.name.lower() != bridge.bare:
+                    continue
+                if record.is_expired(now):
+                    bridge.reactor.callFromThread(bridge._gone, record.alias)
+                elif update.old is None:
+                    bridge.reactor.callFromThread(bridge._bare_added, record.alias)
+
+        def async_update_records_complete(self) -> None:
+            pass
+
+    return BareNameListener()
+
+
 def _cached_txt(zeroconf: Any, service_type: str, name: str) -> bytes:
     """The TXT RDATA zeroconf holds for ``name`` (b"" when none)."""
     from zeroconf import ServiceInfo
@@ -250,7 +274,15 @@ class MdnsBridge(Service):
     # --- runs in a pool thread -------------------------------------------------
 
     def _start_zeroconf(self, addrs: list[str], port: int) -> None:
-        from zeroconf import InterfaceChoice, IPVersion, ServiceBrowser, ServiceInfo, Zeroconf
+        from zeroconf import (
+            InterfaceChoice,
+            IPVersion,
+            ServiceBrowser,
+            ServiceInfo,
+            Zeroconf,
+        )
+        from zeroconf._dns import DNSQuestion
+        from zeroconf.const import _CLASS_IN, _TYPE_PTR
 
         interfaces: Any = list(self.interfaces) if self.interfaces else InterfaceChoice.All
         zc = Zeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
@@ -258,8 +290,12 @@ class MdnsBridge(Service):
         self.threads = [t for t in (getattr(zc, "_loop_thread", None),) if t is not None]
         if self._closed:
             return
+        # The browser asks for both names, but reports only DNS-SD types (it
+        # matches names by their leading underscores): a listener of our own
+        # hears the PTR records of goop2's bare name.
         self._browser = ServiceBrowser(zc, [self.type, self.bare], handlers=[self._on_change])
         self.threads.append(self._browser)
+        zc.add_listener(_bare_listener(self), DNSQuestion(self.bare, _TYPE_PTR, _CLASS_IN))
         if not addrs:
             return
         peer_id = self.dialer.peer_id
@@ -311,6 +347,17 @@ class MdnsBridge(Service):
         self.reactor.callFromThread(self._found, name, txt)
 
     # --- runs on the reactor thread -------------------------------------------
+
+    def _bare_added(self, name: str) -> None:
+        """A PTR under goop2's bare name arrived: resolve it as the browser's would be."""
+        self.handler_threads.add(threading.current_thread().name)
+        zc = self.zeroconf
+        if zc is None or not self.running:
+            return
+        from zeroconf import ServiceStateChange
+
+        d = deferToThread(self._on_change, zc, self.bare, name, ServiceStateChange.Added)
+        d.addErrback(lambda f: self._unresolved(name, f.getErrorMessage()))
 
     def _unresolved(self, name: str, why: str) -> None:
         self.handler_threads.add(threading.current_thread().name)
