@@ -186,3 +186,18 @@ def test_identify_lists_real_addresses_never_unspecified() -> None:
     assert out and all("/ip4/0.0.0.0/" not in a and a.endswith("/tcp/4001") for a in out), out
     kept = adapter._announced([multiaddr.Multiaddr("/ip4/10.9.8.7/tcp/5")])
     assert [str(a) for a in kept] == ["/ip4/10.9.8.7/tcp/5"]
+
+
+def test_identify_in_a_namespace_lists_its_lan_address(veth: VethPair) -> None:
+    """The identify test of tests/test_p2p_adapter.py, run inside namespace ``a``
+    (interfaces: loopback and the veth): nothing unspecified is ever stored."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        VethPair.exec_argv(veth.a, [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            "tests/test_p2p_adapter.py::IdentifyTests",
+        ]),
+        cwd=str(root), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed" in out.stdout, out.stdout

@@ -274,3 +274,8 @@ class IdentifyTests(AdapterHarness):
         addrs = yield b._call(stored_addrs, a.peer_id)
         self.assertTrue(any(f"/tcp/{a.port}" in x for x in addrs), addrs)
         self.assertFalse([x for x in addrs if "/ip4/0.0.0.0/" in x], addrs)
+        # Instead: the machine's own addresses (in a namespace: its veth's).
+        from goop.netaddrs import interface_addresses, presence_addrs
+
+        for real in presence_addrs("0.0.0.0", a.port, interface_addresses()):
+            self.assertIn(f"{real}/p2p/{a.peer_id}", addrs)
