@@ -18,6 +18,7 @@ from twisted.python import usage
 
 from goop.config import CLI_OPTIONS, Config, ConfigError, load_config, overrides_from_cli
 from goop.gcpacer import GcPacer
+from goop.listening import check_ports
 from goop.logbuffer import LogBuffer
 
 log = Logger()
@@ -34,6 +35,14 @@ class Options(usage.Options):
         ["config", "c", None, "JSON config file (default: ./goop.json if present)"],
     ] + [[o.name, None, None, o.help] for o in CLI_OPTIONS if not o.flag]
     optFlags: list[list[Any]] = [[o.name, None, o.help] for o in CLI_OPTIONS if o.flag]
+
+    def parseOptions(self, options: Any = None) -> None:
+        # twistd prints its whole help (50 lines) before a subcommand's usage
+        # error; the error first, and a pointer to the help, is what one needs.
+        try:
+            super().parseOptions(options)  # type: ignore[no-untyped-call]
+        except usage.UsageError as e:
+            raise SystemExit(f"goop: {e}\n(twistd goop --help lists every option)") from None
 
 
 def config_from_options(
@@ -248,7 +257,11 @@ def tune_gc(root: MultiService | None = None) -> None:
 
 
 def makeService(options: Mapping[str, Any]) -> IService:
-    service = build_service(config_from_options(options))
+    config = config_from_options(options)
+    # twistd calls this before it forks (daemon mode) or writes its pidfile:
+    # a port in use ends the command here, with the error on the terminal.
+    check_ports(config)
+    service = build_service(config)
     tune_gc(service)
     return service
 
@@ -257,6 +270,8 @@ def tac_service(environ: Mapping[str, str] | None = None) -> MultiService:
     """The tree for goop.tac: config from $GOOP_CONFIG (default ./goop.json)."""
     env = os.environ if environ is None else environ
     path = env.get("GOOP_CONFIG") or None
-    service = build_service(config_from_options({"config": path}, environ=env))
+    config = config_from_options({"config": path}, environ=env)
+    check_ports(config)  # a .tac is read before twistd forks, too
+    service = build_service(config)
     tune_gc(service)
     return service

@@ -22,6 +22,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web import resource
 
 from goop.config import PresenceConfig
+from goop.listening import cannot_listen
 from goop.logbuffer import LogBuffer
 from goop.netaddrs import connect_urls
 from goop.rendezvous.board import PRUNE_INTERVAL, Board
@@ -175,9 +176,7 @@ class RendezvousService(Service):
             return self._tcp.listenTCP(port, factory, interface=bind)
         except CannotListenError as e:
             reason = e.socketError.strerror if e.socketError is not None else str(e)
-            raise SystemExit(
-                f"goop: rendezvous cannot listen on {bind}:{port}: {reason} ({setting})"
-            ) from None
+            raise cannot_listen("rendezvous", bind, port, reason, setting) from None
 
     def startService(self) -> None:
         self._listen()

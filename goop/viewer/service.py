@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from werkzeug.exceptions import NotFound
 
+from goop.listening import cannot_listen
 from goop.message import PresenceMessage
 from goop.peertable import PeerTable
 from goop.rendezvous.http import host_name, is_ip, make_site, page_of
@@ -148,10 +149,10 @@ class ViewerService(Service):
             )
         except CannotListenError as e:
             reason = e.socketError.strerror if e.socketError is not None else str(e)
-            raise SystemExit(
-                f"goop: viewer cannot listen on {self.host}:{self.requested_port}: {reason}"
-                " (viewer.http_addr / --http-addr; use port 0 for any free port)"
-            ) from None
+            raise cannot_listen(
+                "viewer", self.host, self.requested_port, reason,
+                "viewer.http_addr / --http-addr; use port 0 for any free port",
+            ) from None  # fmt: skip
 
     def _stats(self) -> dict[str, Any]:
         return {"peers": len(self.app.table), **self.stall_probe.take()}
