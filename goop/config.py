@@ -97,6 +97,8 @@ class PresenceConfig:
     trusted_proxies: tuple[str, ...] = ()
     require_signed: bool = False
     signature_window: int = 120
+    metrics_port: int = 0
+    metrics_bind: str = "127.0.0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +305,18 @@ CLI_OPTIONS: Final[tuple[CliOption, ...]] = (
         "presence.signature_window",
         False,
         "Seconds a signed message's ts may differ from the server's clock (default 120).",
+    ),
+    CliOption(
+        "metrics-port",
+        "presence.metrics_port",
+        False,
+        "Serve /metrics, without a password, on this port too (0 = off).",
+    ),
+    CliOption(
+        "metrics-bind",
+        "presence.metrics_bind",
+        False,
+        "Address of the metrics port (default 127.0.0.1).",
     ),
     CliOption(
         "max-connections-per-ip",
@@ -651,6 +665,14 @@ def _validate(values: dict[str, object], origin: Mapping[str, _Origin]) -> None:
         raise ConfigError(
             f'{label("presence.rendezvous_bind")}: must be an IP address or "localhost" '
             f"(not a host name), got {_show(bind)}"
+        )
+    _check_range(label("presence.metrics_port"), number("presence.metrics_port"), 0, MAX_PORT,
+                 " (0 = off)")
+    metrics_bind = text("presence.metrics_bind")
+    if not _is_ip_or_localhost(metrics_bind):
+        raise ConfigError(
+            f'{label("presence.metrics_bind")}: must be an IP address or "localhost" '
+            f"(not a host name), got {_show(metrics_bind)}"
         )
     values["presence.rendezvous_wan"] = _check_wan(
         label("presence.rendezvous_wan"), text("presence.rendezvous_wan")

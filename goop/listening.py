@@ -39,6 +39,11 @@ def _ports(config: Config) -> Iterator[tuple[str, str, int, str]]:
             "rendezvous", presence.rendezvous_bind, presence.rendezvous_port,
             "presence.rendezvous_port / --rendezvous-port",
         )  # fmt: skip
+        if presence.metrics_port:
+            yield (
+                "metrics", presence.metrics_bind, presence.metrics_port,
+                "presence.metrics_port / --metrics-port",
+            )  # fmt: skip
         if presence.rendezvous_redirect_port:
             yield (
                 "rendezvous redirect", presence.rendezvous_bind,

@@ -14,6 +14,12 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
+from goop.histogram import Histogram
+
+# Seconds: a healthy reactor stays in the first buckets; the soak's target is 0.1.
+STALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+GC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
 
 class StallProbe:
     def __init__(self, reactor: IReactorTime, interval: float = 0.01) -> None:
@@ -30,6 +36,9 @@ class StallProbe:
         self.gc_window_max = 0.0
         self.gc_window_gen = -1
         self._gc_started = 0.0
+        # Since start, for /metrics: every tick's lateness, every collection's pause.
+        self.stalls = Histogram(STALL_BUCKETS)
+        self.gc_pauses = Histogram(GC_BUCKETS)
 
     def start(self) -> None:
         self._last = self.reactor.seconds()
@@ -48,6 +57,7 @@ class StallProbe:
             self._gc_started = time.perf_counter()
             return
         took = time.perf_counter() - self._gc_started
+        self.gc_pauses.observe(took)
         if took > self.gc_window_max:
             self.gc_window_max = took
             self.gc_window_gen = int(info.get("generation", -1))
@@ -57,6 +67,7 @@ class StallProbe:
         stall = max(0.0, now - self._last - self.interval)
         self._last = now
         self.ticks += 1
+        self.stalls.observe(stall)
         if stall > self.max_stall:
             self.max_stall = stall
         if stall > self.window_max:

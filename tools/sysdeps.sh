@@ -8,7 +8,8 @@
 #                              pip builds from source
 #   tools/sysdeps.sh test      that, plus what `make test` needs: headless
 #                              Chromium (browser tests), iproute2 (network
-#                              namespaces for the LAN tests)
+#                              namespaces for the LAN tests), Prometheus (the
+#                              metrics test scrapes a real one)
 #
 # Runs before pip (the Makefile calls it first).
 set -u
@@ -23,6 +24,8 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 if [ "$what" = test ]; then
     command -v chromium >/dev/null 2>&1 || need+=(chromium)
     command -v ip >/dev/null 2>&1 || need+=(iproute2)
+    # The metrics test scrapes a rendezvous with a real Prometheus.
+    command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

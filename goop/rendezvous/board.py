@@ -65,6 +65,11 @@ class Board:
         self._owner: dict[str, str] = {}  # peer ID -> the address key that registered it
         self._owned: dict[str, int] = {}  # address key -> peers it registered
         self.hints_sent = 0
+        # Since start, for /metrics: event frames handed to streams (each batch's
+        # events times its subscribers; coalescing and changes-only streams send
+        # fewer), and their bytes.
+        self.events_sent = 0
+        self.bytes_sent = 0
         hub.on_batch = self._count_sent
         hub.pending_cap = lambda: len(self.registry) + PENDING_SLACK
 
@@ -76,10 +81,13 @@ class Board:
     def _count_sent(self, batch: list[Event], subscribers: int) -> None:
         if not subscribers:
             return
+        self.events_sent += len(batch) * subscribers
         for event in batch:
+            sent = len(event.frame) * subscribers
+            self.bytes_sent += sent
             entry = self.registry.get(event.peer_id)
             if entry is not None:
-                entry.bytes_sent += len(event.frame) * subscribers
+                entry.bytes_sent += sent
 
     def accept(self, message: PresenceMessage, nbytes: int, now: float) -> Deferred[None] | None:
         """A validated publish: stored and fanned out (a Deferred when that waits on I/O)."""

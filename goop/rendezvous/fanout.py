@@ -134,6 +134,7 @@ class Subscriber:
         gets a fresh snapshot), so a reader that is behind costs bounded memory."""
         pending = self.pending
         assert pending is not None
+        self._hub.coalesced += 1
         pending.update(latest())
         cap = self._hub.pending_cap
         if cap is not None and len(pending) > cap():
@@ -237,6 +238,7 @@ class Subscriber:
         self._cut_off(f"not reading for {self._hub.max_pause:.0f}s")
 
     def _cut_off(self, why: str) -> None:
+        self._hub.cut_off += 1
         self.log.info(
             "cutting off {kind} subscriber {address}: {why}",
             kind="/events" if self.kind == SSE else "/ws",
@@ -473,6 +475,9 @@ class Hub:
         self.on_batch = on_batch
         # Most peers a stream that is behind may hold pending (None: no cap).
         self.pending_cap: Callable[[], int] | None = None
+        # Counters since start, for /metrics.
+        self.coalesced = 0  # batches a stream that was behind took as each peer's latest
+        self.cut_off = 0  # streams cut for not reading (or too far behind)
 
     def __len__(self) -> int:
         return len(self.subscribers)

@@ -73,6 +73,10 @@ class BoundedRequest(Request):
         if self._refused:
             return
         self._refused = True
+        site = getattr(self.channel, "site", None)
+        path = (getattr(self.channel, "_path", None) or b"").split(b"?")[0]
+        if site is not None and path == b"/publish":
+            site.publish_too_large += 1
         # The request has not been dispatched yet, so answer on the raw
         # transport and close: reading the rest would mean accepting it.
         self.channel.transport.write(raw_error(413, why))  # type: ignore[union-attr]
@@ -157,6 +161,7 @@ class QuietSite(Site):
     ipv6_prefix = 64
     trusted: tuple[Network, ...] = ()
     refused_connections = 0
+    publish_too_large = 0  # POST /publish bodies refused (413) before the handler ran
 
     def __init__(self, resource: IResource, **kw: Any) -> None:
         super().__init__(resource, **kw)  # type: ignore[no-untyped-call]

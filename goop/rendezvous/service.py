@@ -28,6 +28,8 @@ from goop.netaddrs import connect_urls
 from goop.rendezvous.board import PRUNE_INTERVAL, Board
 from goop.rendezvous.fanout import Hub
 from goop.rendezvous.http import make_site, parse_networks
+from goop.rendezvous.metrics import MetricsPage, registry_for
+from goop.rendezvous.metrics import render as render_metrics
 from goop.rendezvous.shared import SharedBoard
 from goop.rendezvous.signatures import SignaturePolicy
 from goop.rendezvous.tls import ReloadableSNI, TLSSetupError
@@ -115,6 +117,11 @@ class RendezvousService(Service):
             server_names=self.tls.names if self.tls is not None else (),
         )
         self.site = self._site(self.web.resource())
+        self.metrics_registry = registry_for(self)
+        self.web.metrics = lambda: render_metrics(self.metrics_registry)
+        if config.metrics_port:
+            self.web.metrics_elsewhere = f"{config.metrics_bind}:{config.metrics_port}"
+        self.metrics_listening: IListeningPort | None = None
         self.listening: IListeningPort | None = None
         self.redirecting: IListeningPort | None = None
         self._previous_hup: Any = None
@@ -163,6 +170,16 @@ class RendezvousService(Service):
         if self.tls is not None:
             factory = TLSMemoryBIOFactory(self.tls, False, self.site)
         self.listening = self._bind(port, factory, "presence.rendezvous_port / --rendezvous-port")
+        if self.config.metrics_port:
+            # Its own port, no password: for a Prometheus on this host or a
+            # private network (metrics_bind), never the public one.
+            self.metrics_listening = self._bind(
+                self.config.metrics_port,
+                self._site(MetricsPage(self.web.metrics)),
+                "presence.metrics_port / --metrics-port",
+                self.config.metrics_bind,
+                "metrics",
+            )
         redirect = self.config.rendezvous_redirect_port
         if redirect and self.tls is not None:
             plain = self._site(_RedirectToHTTPS(lambda: self.port, self.tls))
@@ -170,13 +187,15 @@ class RendezvousService(Service):
                 redirect, plain, "presence.rendezvous_redirect_port / --rendezvous-redirect-port"
             )
 
-    def _bind(self, port: int, factory: Any, setting: str) -> IListeningPort:
-        bind = self.config.rendezvous_bind
+    def _bind(
+        self, port: int, factory: Any, setting: str, bind: str = "", what: str = "rendezvous"
+    ) -> IListeningPort:
+        bind = bind or self.config.rendezvous_bind
         try:
             return self._tcp.listenTCP(port, factory, interface=bind)
         except CannotListenError as e:
             reason = e.socketError.strerror if e.socketError is not None else str(e)
-            raise cannot_listen("rendezvous", bind, port, reason, setting) from None
+            raise cannot_listen(what, bind, port, reason, setting) from None
 
     def startService(self) -> None:
         self._listen()
@@ -203,6 +222,12 @@ class RendezvousService(Service):
                 directory=self.tls.directory,
             )
             self._install_reload_signal()
+        if self.metrics_listening is not None:
+            self.log.info(
+                "metrics on http://{bind}:{port}/metrics",
+                bind=_url_host(self.config.metrics_bind),
+                port=self.metrics_listening.getHost().port,  # type: ignore[attr-defined]
+            )
         if self.redirecting is not None:
             self.log.info(
                 "redirecting plain HTTP on port {port} to HTTPS",
@@ -279,6 +304,9 @@ class RendezvousService(Service):
         if self.redirecting is not None:
             self.redirecting.stopListening()
             self.redirecting = None
+        if self.metrics_listening is not None:
+            self.metrics_listening.stopListening()
+            self.metrics_listening = None
         done: list[Deferred[None]] = [sockets_closed]
         if isinstance(self.board, SharedBoard):
             done.append(self.board.stop())

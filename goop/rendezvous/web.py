@@ -45,6 +45,8 @@ from goop.rendezvous.http import (
     wrong_method,
 )
 from goop.rendezvous.keys import KeyDirectory, KeyRefused, parse_key_post
+from goop.rendezvous.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from goop.rendezvous.metrics import PublishOutcomes
 from goop.rendezvous.registry import row
 from goop.rendezvous.shared import DatabaseUnavailable
 from goop.rendezvous.signatures import SignatureRefused
@@ -126,10 +128,16 @@ class RendezvousApp:
         self.ipv6_prefix = ipv6_prefix
         self.server_names = frozenset(n.lower() for n in server_names)
         self.logins = LoginThrottle()
+        self.outcomes = PublishOutcomes()
+        # Set by the service: the /metrics text, and whether a separate metrics
+        # port serves it (then this port's /metrics says so when no password is set).
+        self.metrics: Callable[[], bytes] | None = None
+        self.metrics_elsewhere = ""
         self._warned_logins: dict[str, bool] = {}
         self.ws = WebSocketChannel(
             board, board.hub, reactor, self.submit, self._address, self.cross_site
         )
+        self.ws.outcomes = self.outcomes
 
     def resource(self) -> Any:
         return _PublishFastPath(self, self.app.resource())
@@ -168,7 +176,20 @@ class RendezvousApp:
     # -- peers ---------------------------------------------------------------
 
     def publish(self, request: Any) -> bytes | Deferred[bytes]:
-        """POST /publish (served by `_PublishFastPath`, not through Klein's routing)."""
+        """POST /publish (served by `_PublishFastPath`, not through Klein's routing),
+        its outcome counted for /metrics."""
+        result = self._publish(request)
+        if isinstance(result, bytes):
+            self.outcomes.add("http", request.code)
+            return result
+
+        def counted(body: bytes) -> bytes:
+            self.outcomes.add("http", request.code)
+            return body
+
+        return result.addCallback(counted)
+
+    def _publish(self, request: Any) -> bytes | Deferred[bytes]:
         refused = wrong_method(request, "POST")
         if refused is not None:
             return refused
@@ -445,6 +466,23 @@ class RendezvousApp:
         if refused is not None:
             return refused
         return send_json(request, 200, self.logs.lines())
+
+    @app.route("/metrics", branch=False)
+    def metrics_text(self, request: Any) -> bytes:
+        """Prometheus's text format, behind the admin password (docs/operations.md)."""
+        refused = wrong_method(request, "GET")
+        if refused is None and not self.admin_password and self.metrics_elsewhere:
+            refused = error_json(
+                request, 403, f"metrics are served on {self.metrics_elsewhere} (metrics_port)"
+            )
+        refused = refused or self._admin_refusal(request)
+        if refused is not None:
+            return refused
+        if self.metrics is None:
+            return error_json(request, 404, "no metrics here")
+        request.setHeader(b"content-type", METRICS_CONTENT_TYPE)
+        request.setHeader(b"cache-control", b"no-store")
+        return self.metrics()
 
     @app.route("/stats.json", branch=False)
     def stats_json(self, request: Any) -> bytes:

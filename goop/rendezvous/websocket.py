@@ -65,6 +65,7 @@ from goop.rendezvous.board import Board, Refused
 from goop.rendezvous.eventlog import Event
 from goop.rendezvous.fanout import WS, Hub, Subscriber, idle_tcp, no_delay, plain_tcp, send_now
 from goop.rendezvous.http import error_json, wrong_method
+from goop.rendezvous.metrics import PublishOutcomes
 from goop.rendezvous.signatures import SignatureRefused
 from goop.wsframe import PING_FRAME, PONG_FRAME, TEXT, simple_frames, text_frame
 
@@ -332,6 +333,7 @@ class WebSocketChannel:
         self.hub = hub
         self.reactor = reactor
         self._submit = submit
+        self.outcomes = PublishOutcomes()  # the app shares its own (web.py)
         self._address = address
         self._cross_site = cross_site
         self.sockets: dict[str, PresenceSocket] = {}  # the live socket of each peer
@@ -468,34 +470,40 @@ class WebSocketChannel:
             return
         now = self.reactor.seconds()
         if is_binary:
-            self._skip(sock, now, "binary frame (presence frames are text)")
+            self._skip(sock, now, "binary frame (presence frames are text)", 400)
             return
         if not sock.take_token(now):
-            self._skip(sock, now, f"over the rate limit ({REFILL_PER_SECOND:g} per second)")
+            self._skip(sock, now, f"over the rate limit ({REFILL_PER_SECOND:g} per second)", 429)
             return
         peer_id = sock.ctx.peer_id
         try:
             message = parse_message(payload, int(now * 1000), Origin.CLIENT, peer_id, True)
         except MessageError as e:
-            self._skip(sock, now, str(e))
+            self._skip(sock, now, str(e), 400)
             return
         if message.peer_id != peer_id:
-            self._skip(sock, now, "peerId differs from this socket's peer_id")
+            self._skip(sock, now, "peerId differs from this socket's peer_id", 403)
             return
         try:
             stored = self._submit(message, len(payload), now, sock.ctx.address)
-        except (Refused, SignatureRefused) as e:
-            self._skip(sock, now, str(e))
+        except SignatureRefused as e:
+            self._skip(sock, now, str(e), 403)
+            return
+        except Refused as e:
+            self._skip(sock, now, str(e), e.status)
             return
         self.frames_accepted += 1
+        self.outcomes.add("ws", 204)
         if self.sockets.get(peer_id) is not sock and message.sig:
             self._claim(sock)
         if stored is not None:
             stored.addErrback(
-                lambda f: self._skip(sock, self.reactor.seconds(), f.getErrorMessage())
+                lambda f: self._skip(sock, self.reactor.seconds(), f.getErrorMessage(), 503)
             )
 
-    def _skip(self, sock: PresenceSocket, now: float, why: str) -> None:
+    def _skip(self, sock: PresenceSocket, now: float, why: str, status: int) -> None:
+        """A frame not taken; ``status`` is what the same message would get on POST."""
+        self.outcomes.add("ws", status)
         sock.invalid += 1
         self.frames_skipped += 1
         if now - sock.last_warned >= WARN_EVERY:
