@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
 from twisted.application.service import IService, MultiService
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
+from goop import logformat
 from goop.config import CLI_OPTIONS, Config, ConfigError, load_config, overrides_from_cli
 from goop.gcpacer import GcPacer
 from goop.listening import check_ports
 from goop.logbuffer import LogBuffer
+from goop.presence.node import SequentialMultiService
 
 log = Logger()
 
@@ -33,6 +36,7 @@ class Options(usage.Options):
     )
     optParameters: list[list[Any]] = [
         ["config", "c", None, "JSON config file (default: ./goop.json if present)"],
+        ["log-format", None, "text", "Log lines as text, or json: one JSON object per line."],
     ] + [[o.name, None, None, o.help] for o in CLI_OPTIONS if not o.flag]
     optFlags: list[list[Any]] = [[o.name, None, o.help] for o in CLI_OPTIONS if o.flag]
 
@@ -43,6 +47,26 @@ class Options(usage.Options):
             super().parseOptions(options)  # type: ignore[no-untyped-call]
         except usage.UsageError as e:
             raise SystemExit(f"goop: {e}\n(twistd goop --help lists every option)") from None
+
+    def postOptions(self) -> None:
+        if self["log-format"] not in logformat.FORMATS:
+            known = ", ".join(logformat.FORMATS)
+            raise usage.UsageError(
+                f"--log-format: must be one of {known}, got {self['log-format']!r}"
+            )
+
+
+class GoopRoot(SequentialMultiService):
+    """The root of the tree. Given to twistd's application, it also hands over
+    ``log_observer`` (when set) as the application's log observer, which
+    twistd then uses for every line, its own included."""
+
+    log_observer: ILogObserver | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
 
 
 def config_from_options(
@@ -95,9 +119,7 @@ def build_service(config: Config, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    from goop.presence.node import SequentialMultiService
-
-    root = SequentialMultiService()  # type: ignore[no-untyped-call]
+    root = GoopRoot()  # type: ignore[no-untyped-call]
     root.setName("goop")  # type: ignore[no-untyped-call]
     presence = config.presence
     rendezvous = None
@@ -263,7 +285,26 @@ def makeService(options: Mapping[str, Any]) -> IService:
     check_ports(config)
     service = build_service(config)
     tune_gc(service)
+    # twistd's own options (the parent of ours): where it would have logged.
+    twistd_options = getattr(options, "parent", None)
+    out = logformat.destination(twistd_options)
+    if out is not None and isinstance(service, GoopRoot):
+        service.log_observer = logformat.observer(options.get("log-format") or "text", out)
+    _log_settings(config)
     return service
+
+
+def _log_settings(config: Config) -> None:
+    def flat(c: Config) -> dict[str, Any]:
+        return {f"{s}.{k}": v for s, fields in c.to_json_dict().items() for k, v in fields.items()}
+
+    values, defaults = flat(config), flat(Config())
+    for name, default in defaults.items():
+        # Relative paths are resolved when loaded: the default, resolved, is no change.
+        resolved = os.path.abspath(default) if isinstance(default, str) and default else None
+        if name.endswith(("_file", "_path")) and values[name] == resolved:
+            values[name] = default
+    log.info("{line}", line=logformat.settings_line(values, defaults, config.source))
 
 
 def tac_service(environ: Mapping[str, str] | None = None) -> MultiService:
@@ -274,4 +315,11 @@ def tac_service(environ: Mapping[str, str] | None = None) -> MultiService:
     check_ports(config)  # a .tac is read before twistd forks, too
     service = build_service(config)
     tune_gc(service)
+    fmt = env.get("GOOP_LOG_FORMAT", "text")
+    if fmt not in logformat.FORMATS:
+        raise SystemExit(f"goop: GOOP_LOG_FORMAT: must be one of text, json, got {fmt!r}")
+    if isinstance(service, GoopRoot):
+        # twistd -ny goop.tac --nodaemon (supervisord): stdout.
+        service.log_observer = logformat.observer(fmt, sys.stdout)
+    _log_settings(config)
     return service

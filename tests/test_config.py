@@ -917,7 +917,8 @@ class CliTests(ConfigTestCase):
                 "max-connections-per-ip "
                 "request-timeout idle-timeout ipv6-prefix "
                 "max-subscribers-per-ip rendezvous-tls-dir rendezvous-redirect-port "
-                "rendezvous-ca-file trusted-proxies signature-window metrics-port metrics-bind http-addr".split()
+                "rendezvous-ca-file trusted-proxies signature-window metrics-port metrics-bind "
+                "http-addr".split()
             ),
         )
         self.assertEqual(len({o.name for o in CLI_OPTIONS}), len(CLI_OPTIONS))
