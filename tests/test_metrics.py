@@ -45,13 +45,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class MetricsTests(WsTestCase):
+class _Scraping(WsTestCase):
     @defer.inlineCallbacks
     def scrape(self, headers: dict[str, str] | None = None, base: str = "") -> Any:
         r = yield treq.get(f"http://{base or self.base}/metrics", headers=headers, pool=self.pool)
         body = yield r.content()
         return r.code, r.headers.getRawHeaders(b"content-type", [b""])[0], body.decode()
 
+
+class MetricsTests(_Scraping):
     @defer.inlineCallbacks
     def test_publish_outcomes_streams_and_histograms(self) -> None:
         self.start(admin_password="secret", publish_rate_limit=8)
@@ -125,6 +127,20 @@ class MetricsTests(WsTestCase):
         self.assertIn("goop_peers_online", text)
         r = yield treq.get(f"http://127.0.0.1:{port}/", pool=self.pool)
         self.assertEqual(r.code, 404)
+
+
+class StoreMetricsTests(_Scraping):
+    @defer.inlineCallbacks
+    def test_the_shared_store_reports_its_latency(self) -> None:
+        home = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, home, True)
+        self.start(admin_password="secret", peer_db_path=os.path.join(home, "peers.db"))
+        r = yield self.post({"type": "online", "peerId": "stored", "content": "x"})
+        self.assertEqual(r.code, 204)
+        _, _, text = yield self.scrape(AUTH)
+        got = samples(text)
+        self.assertGreater(got[("goop_store_seconds_count", ())], 0)
+        self.assertIn(("goop_store_seconds_bucket", (("le", "0.01"),)), got)
 
 
 class RealPrometheusTests(WsTestCase):

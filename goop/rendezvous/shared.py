@@ -37,10 +37,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from goop.histogram import Histogram
 from goop.message import MessageError, Origin, PresenceMessage, message_from_object
 from goop.rendezvous.board import Board
 from goop.rendezvous.fanout import Hub
 from goop.rendezvous.store import EventRow, SQLiteStore, StoreError, StoreReplaced
+
+# Seconds per shared-store call (a healthy SQLite write is well under 10 ms).
+STORE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 TAIL_INTERVAL: Final = 0.02
 # Longest a publish waits for the database, queue and lock together, before 503.
@@ -135,6 +139,8 @@ class SharedBoard(Board):
         self._failing: str | None = None  # why the store fails, until a write works
         self._orphaned: str | None = None  # what became of the file; final
         self.restored = len(self.registry)
+        # Each database call's time on its thread, for /metrics (goop_store_seconds).
+        self.store_latency = Histogram(STORE_BUCKETS)
 
     # -- the database thread --------------------------------------------------
 
@@ -143,11 +149,13 @@ class SharedBoard(Board):
         return deferToThreadPool(reactor, self._pool, self._timed, f, *args)
 
     def _timed(self, f: Any, *args: Any) -> Any:
-        self._busy_since = time.monotonic()
+        started = self._busy_since = time.monotonic()
         try:
             return f(*args)
         finally:
             self._busy_since = None
+            # Only this thread writes it; a scrape reading it meanwhile is off by one at most.
+            self.store_latency.observe(time.monotonic() - started)
 
     def _check_identity(self) -> None:
         problem = self.store.identity_problem()
