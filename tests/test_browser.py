@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,4 +141,63 @@ class TestLiveDashboard:
         expect(r.locator("td").nth(1)).to_have_text(XSS)
         expect(page.locator("#peers img")).to_have_count(0)
         assert page.evaluate("typeof window.__xss") == "undefined"
+        assert_not_reloaded(page)
+
+
+# Screenshots: $GOOP_TEST_ARTIFACTS, else test-artifacts/ beside tests/ (git-ignored).
+ARTIFACTS = Path(
+    os.environ.get("GOOP_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts")
+)
+
+
+def signed_message(content: str) -> dict[str, Any]:
+    import time
+    from dataclasses import replace
+
+    from goop.identity import _from_seed
+    from goop.message import PresenceMessage
+    from goop.signing import sign, signing_key
+
+    me = _from_seed(b"\x08" * 32, "")
+    m = PresenceMessage("online", me.peer_id, content, ts=int(time.time() * 1000),
+                        goop_client_version="goop/0.1")
+    return replace(m, sig=sign(signing_key(me.seed), m)).to_dict()
+
+
+class TestOperatorsDashboard:
+    def test_chart_rates_watchers_and_live_rows(self, page: Page, server: str) -> None:
+        """The hour's chart, publishes/s and events/s, the watcher count (this page
+        included), and per peer: client, transport, a ticking "last seen", and a
+        signed badge for a peer that signs. Screenshots go to test-artifacts/."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        signed = signed_message("signed peer")
+        publish(server, **signed)
+        publish(server, type="online", peerId=PEER, content="goop2 peer", goopClientVersion="dev",
+                addrs=["/ip4/10.0.0.5/tcp/4001"])
+        headers = page.locator("thead th").all_text_contents()
+        r = row(page, PEER)
+        expect(r).to_have_count(1, timeout=TIMEOUT_MS)
+        cells = r.locator("td")
+        expect(cells.nth(headers.index("client"))).to_have_text("dev")
+        expect(cells.nth(headers.index("via"))).to_have_text("HTTP", timeout=TIMEOUT_MS)
+        ago = cells.nth(headers.index("last seen"))
+        expect(ago).to_have_text(re.compile(r"^\d+ s ago$"), timeout=TIMEOUT_MS)
+        first = int(ago.inner_text().split()[0])
+        expect(ago).to_have_text(re.compile(rf"^(?!{first} )\d+ s ago$"), timeout=5_000)  # ticks
+        expect(cells.nth(headers.index("proof"))).to_have_text("verified")
+        s = row(page, signed["peerId"]).locator("td")
+        expect(s.nth(headers.index("proof"))).to_contain_text("signed \u2713")
+        expect(s.nth(headers.index("client"))).to_have_text("goop/0.1")
+        # This page's own stream is a watcher; a second page makes two.
+        expect(page.locator("#watchers")).to_have_text("1", timeout=TIMEOUT_MS)
+        other = page.context.new_page()
+        other.goto(urljoin(server, "/"))
+        expect(page.locator("#watchers")).to_have_text("2", timeout=TIMEOUT_MS)
+        other.close()
+        # Rates come from two polls; the chart has the first minute's point.
+        expect(page.locator("#pubrate")).to_have_text(re.compile(r"^\d+\.\d$"), timeout=TIMEOUT_MS)
+        expect(page.locator("#evrate")).to_have_text(re.compile(r"^\d+\.\d$"))
+        expect(page.locator("#chart polyline")).to_have_count(1)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        assert (ARTIFACTS / "dashboard.png").stat().st_size > 1000
         assert_not_reloaded(page)

@@ -204,3 +204,31 @@ class RealPrometheusTests(WsTestCase):
             self.fail(f"Prometheus never had the metric (exit {proc.poll()}): {err!r}")
         self.assertGreaterEqual(value, sent)
         self.assertEqual(up_body["data"]["result"][0]["value"][1], "1")
+
+
+class DashboardJsonTests(_Scraping):
+    @defer.inlineCallbacks
+    def test_what_the_dashboard_polls_and_its_bounds(self) -> None:
+        self.start()
+        yield self.post({"type": "online", "peerId": "p1", "content": "x"})
+        ws = yield self.peer("p2", publish=True)
+        self.assertIsNotNone(ws)
+        body = json.dumps({"peers": ["p1", "p2", "nobody", 5]}).encode()
+        r = yield treq.post(f"http://{self.base}/dashboard.json", data=body, pool=self.pool)
+        d = yield r.json()
+        self.assertEqual(r.code, 200)
+        self.assertEqual((d["peers"], d["sockets"], d["accepted"]), (2, 1, 2))
+        self.assertEqual(sorted(d["seen"]), ["p1", "p2"])
+        self.assertEqual((d["seen"]["p1"][1], d["seen"]["p2"][1]), ("http", "ws"))
+        self.assertEqual(len(d["history"]), 1)  # sampled at start, then once a minute
+        too_many = json.dumps({"peers": [f"p{n}" for n in range(201)]}).encode()
+        r = yield treq.post(f"http://{self.base}/dashboard.json", data=too_many, pool=self.pool)
+        self.assertEqual(r.code, 400)
+        r = yield treq.post(
+            f"http://{self.base}/dashboard.json", data=body, pool=self.pool,
+            headers={"Origin": "http://evil.example"},
+        )  # fmt: skip
+        self.assertEqual(r.code, 403)
+        r = yield treq.get(f"http://{self.base}/dashboard.json", pool=self.pool)
+        d = yield r.json()
+        self.assertNotIn("seen", d)

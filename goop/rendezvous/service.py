@@ -27,6 +27,7 @@ from goop.logbuffer import LogBuffer
 from goop.netaddrs import connect_urls
 from goop.rendezvous.board import PRUNE_INTERVAL, Board
 from goop.rendezvous.fanout import Hub
+from goop.rendezvous.history import MinuteCounts
 from goop.rendezvous.http import make_site, parse_networks
 from goop.rendezvous.metrics import MetricsPage, registry_for
 from goop.rendezvous.metrics import render as render_metrics
@@ -130,6 +131,13 @@ class RendezvousService(Service):
         self._pruner.clock = reactor
         self._pinger = LoopingCall(self.hub.ping)
         self._pinger.clock = reactor
+        # The dashboard's chart: peers online, once a minute, for the last hour.
+        self.history = MinuteCounts()
+        self.web.history = self.history.points
+        self._sampler = LoopingCall(
+            lambda: self.history.record(self.reactor.seconds(), len(self.board.registry))
+        )
+        self._sampler.clock = reactor
 
     def _site(self, resource: Any) -> Any:
         config = self.config
@@ -212,6 +220,7 @@ class RendezvousService(Service):
         self._pruner.start(PRUNE_INTERVAL, now=False)
         self.stall_probe.start()
         self._pinger.start(PING_INTERVAL, now=False)
+        self._sampler.start(60.0, now=True)
         self.web.ws.start()
         self.log.info("rendezvous listening on {url}", url=self.url)
         if self.tls is not None:
@@ -287,7 +296,7 @@ class RendezvousService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
         self.board.accepting = False
-        for loop in (self._pruner, self._pinger):
+        for loop in (self._pruner, self._pinger, self._sampler):
             if loop.running:
                 loop.stop()
         if self._pruning is not None and self._pruning.active():

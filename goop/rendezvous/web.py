@@ -10,7 +10,7 @@ import hmac
 import math
 from collections.abc import Callable, Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, Final
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -59,6 +59,9 @@ PEERS_PAGE = 1000
 MAX_PEERS_PAGE = 5000
 SUBSCRIBER_RETRY_AFTER = 10
 
+
+# Peers one /dashboard.json request may ask about (the page shows at most 200 rows).
+DASHBOARD_LOOKUPS: Final = 200
 
 class _PublishFastPath(resource.Resource):
     """The site's root: ``/publish`` straight to its handler, the rest to Klein.
@@ -133,6 +136,7 @@ class RendezvousApp:
         # port serves it (then this port's /metrics says so when no password is set).
         self.metrics: Callable[[], bytes] | None = None
         self.metrics_elsewhere = ""
+        self.history: Callable[[], list[tuple[float, int]]] = list  # set by the service
         self._warned_logins: dict[str, bool] = {}
         self.ws = WebSocketChannel(
             board, board.hub, reactor, self.submit, self._address, self.cross_site
@@ -466,6 +470,45 @@ class RendezvousApp:
         if refused is not None:
             return refused
         return send_json(request, 200, self.logs.lines())
+
+    @app.route("/dashboard.json", branch=False)
+    def dashboard_json(self, request: Any) -> bytes:
+        """What the dashboard polls: totals for its rates, the watchers, the hour's chart;
+        with a POST of ``{"peers": [...]}`` (at most `DASHBOARD_LOOKUPS` IDs, the rows it
+        shows) also when each was last heard and how (``ws`` or ``http``). Public, like
+        the page; each answer costs a few hundred dictionary lookups at most."""
+        refused = wrong_method(request, "GET, POST") or self.cross_site(request)
+        if refused is not None:
+            return refused
+        board, hub = self.board, self.board.hub
+        now = self.reactor.seconds()
+        out: dict[str, Any] = {
+            "now": now,
+            "peers": len(board.registry),
+            "watchers": hub.counts.get("sse", 0),
+            "sockets": hub.counts.get("ws", 0),
+            "accepted": sum(n for (_, o), n in self.outcomes.counts.items() if o == "accepted"),
+            "events": board.events.head,
+            "history": self.history(),
+        }
+        if request.method == b"POST":
+            try:
+                asked = decode_json(request.content.read())
+            except MessageError as e:
+                return error_json(request, 400, str(e))
+            ids = asked.get("peers") if isinstance(asked, dict) else None
+            if not isinstance(ids, list) or len(ids) > DASHBOARD_LOOKUPS:
+                return error_json(
+                    request, 400, f"peers: a list of at most {DASHBOARD_LOOKUPS} peer IDs"
+                )
+            seen: dict[str, list[Any]] = {}
+            for peer_id in ids:
+                entry = board.registry.get(peer_id) if isinstance(peer_id, str) else None
+                if entry is not None:
+                    via = "ws" if peer_id in self.ws.sockets else "http"
+                    seen[peer_id] = [round(max(0.0, now - entry.last_seen), 1), via]
+            out["seen"] = seen
+        return send_json(request, 200, out)
 
     @app.route("/metrics", branch=False)
     def metrics_text(self, request: Any) -> bytes:
