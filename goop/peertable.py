@@ -128,6 +128,9 @@ class PeerTable:
     def get(self, peer_id: str) -> PeerView | None:
         return self._peers.get(peer_id)
 
+    def views(self) -> list[PeerView]:
+        return list(self._peers.values())
+
     def add_observer(self, observer: Observer) -> None:
         self._observers.append(observer)
 

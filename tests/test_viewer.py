@@ -76,3 +76,36 @@ class ViewerTests(SynchronousTestCase):
         for i in range(50):
             table.observe("lan", PresenceMessage("online", f"q{(i * 37) % 50}"), 0.0)
         self.assertEqual(table.rows(offset, limit), table.rows()[offset : offset + limit])
+
+
+class ViewerMetricsTests(SynchronousTestCase):
+    def test_a_peer_s_metrics_say_who_it_sees_where(self) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+        from twisted.internet.task import Clock
+
+        from goop.stallprobe import StallProbe
+        from goop.viewer.metrics import registry_for
+
+        table = PeerTable(ME.peer_id, 20)
+        table.observe("lan", PresenceMessage("online", "a", "A"), 0.0)
+        table.observe("wan", PresenceMessage("online", "a", "A"), 0.0)
+        table.observe("wan", PresenceMessage("online", "b", "B"), 0.0)
+        app = ViewerApp(table, lambda: ME)
+        app.registry = registry_for(table, StallProbe(Clock()))
+        stub = StubTreq(app.resource())
+        r = self.successResultOf(stub.get("http://127.0.0.1:8788/metrics"))
+        self.assertEqual(r.code, 200)
+        text = self.successResultOf(r.content()).decode()
+        got = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples
+        }
+        self.assertEqual(got[("goop_peer_sees", (("source", "lan"),))], 1)
+        self.assertEqual(got[("goop_peer_sees", (("source", "wan"),))], 2)
+        self.assertEqual(got[("goop_peer_sees", (("source", "local"),))], 0)
+        self.assertEqual(got[("goop_peer_peers_online", ())], 2)
+        self.assertEqual(got[("goop_peer_messages_rejected_total", ())], 0)
+        r = self.successResultOf(
+            stub.get("http://127.0.0.1:8788/metrics", headers={"Host": "evil.example"})
+        )
+        self.assertEqual(r.code, 403)

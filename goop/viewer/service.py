@@ -25,8 +25,11 @@ from goop.listening import cannot_listen
 from goop.message import PresenceMessage
 from goop.peertable import PeerTable
 from goop.rendezvous.http import host_name, is_ip, make_site, page_of
+from goop.rendezvous.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from goop.rendezvous.metrics import render as render_metrics
 from goop.rendezvous.pages import new_nonce, security_headers
 from goop.stallprobe import StallProbe
+from goop.viewer.metrics import registry_for
 
 _PAGE = resources.files("goop.viewer").joinpath("viewer.html").read_bytes()
 # /peers: rows per page by default, and at most (the page asks for the first 200).
@@ -60,6 +63,7 @@ class ViewerApp:
         )
         # Bound to every interface: any of the machine's addresses, as an IP literal.
         self.any_ip = host in ("", "0.0.0.0", "::")
+        self.registry: Any = None  # set by the service: its /metrics
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -91,6 +95,17 @@ class ViewerApp:
     @app.route("/stats", branch=False, methods=["GET", "HEAD"])
     def stats_(self, request: Any) -> bytes:
         return self._refused(request) or _json(request, self.stats())
+
+    @app.route("/metrics", branch=False, methods=["GET", "HEAD"])
+    def metrics(self, request: Any) -> bytes:
+        """Prometheus text (docs/operations.md); the viewer is this machine's, no password."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if self.registry is None:
+            return _json(request, {"error": "no metrics here"}, 404)
+        request.setHeader(b"content-type", METRICS_CONTENT_TYPE)
+        return render_metrics(self.registry)
 
     @app.route("/", branch=False, methods=["GET", "HEAD"])
     def page(self, request: Any) -> bytes:
@@ -127,6 +142,7 @@ class ViewerService(Service):
         self.requested_port = port
         self.stall_probe = StallProbe(reactor)
         self.app = ViewerApp(table, current, self._stats, host)
+        self.app.registry = registry_for(table, self.stall_probe)
         self.site = make_site(self.app.resource())
         self.listening: IListeningPort | None = None
 
