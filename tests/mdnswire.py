@@ -14,6 +14,7 @@ byte from RFC 1035/6762 (no DNS library), and reads answers back:
 As a program (``python tests/mdnswire.py``):
 
     announce FORMAT TAG OUR_IP PEER_ID SECONDS   multicast that announcement every 0.5 s
+                                                 (FORMAT flood: PEER_ID is how many peers)
     query TAG OUR_IP SECONDS                     ask as goop2 and as DNS-SD browsers do;
                                                  print every answer packet as JSON lines
 
@@ -176,13 +177,47 @@ def _socket(ip: str) -> socket.socket:
     return s
 
 
+def flood(tag: str, ip: str, peers: int) -> list[bytes]:
+    """A hostile LAN's worth of announcements: ``peers`` distinct (valid) peers in PTR +
+    TXT packets of 20, plus peers with only loopback or public addresses, a TXT of
+    255-byte junk strings, and records of types nobody asked for."""
+    from goop.identity import _from_seed
+
+    service = f"_{tag}._udp.local."
+    ids = [_from_seed((n + 1000).to_bytes(32, "big"), "").peer_id for n in range(peers + 20)]
+    packets = []
+    for start in range(0, peers, 20):
+        answers, extra = [], []
+        for pid in ids[start : min(start + 20, peers)]:
+            instance = f"{pid.lower()[:40]}.{service}"
+            answers.append(record(service, PTR, 120, name(instance)))
+            extra.append(record(instance, TXT, 120, txt([f"dnsaddr=/ip4/{ip}/tcp/4001/p2p/{pid}"])))
+        packets.append(response(answers, extra))
+    answers, extra = [], []
+    for n, pid in enumerate(ids[peers:]):
+        instance = f"bad{n}.{service}"
+        host = "127.0.0.1" if n % 2 else "8.8.8.8"
+        answers.append(record(service, PTR, 120, name(instance)))
+        extra.append(record(instance, TXT, 120, txt([f"dnsaddr=/ip4/{host}/tcp/4001/p2p/{pid}"])))
+    packets.append(response(answers, extra))
+    junk = f"junk.{service}"
+    packets.append(response(
+        [record(service, PTR, 120, name(junk)), record(service, 99, 120, b"\x00" * 40)],
+        [record(junk, TXT, 120, b"".join(b"\xff" + b"x" * 255 for _ in range(20)))],
+    ))
+    return packets
+
+
 def announce(fmt: str, tag: str, ip: str, peer_id: str, seconds: float) -> None:
     s = _socket(ip)
-    packet = announcement(fmt, tag, ip, peer_id)
+    packets = flood(tag, ip, int(peer_id)) if fmt == "flood" else [
+        announcement(fmt, tag, ip, peer_id)
+    ]
     deadline = time.monotonic() + seconds
     sent = 0
     while time.monotonic() < deadline and sent < 1000:
-        s.sendto(packet, MDNS)
+        for packet in packets:
+            s.sendto(packet, MDNS)
         sent += 1
         print(json.dumps({"sent": sent}), flush=True)
         time.sleep(0.5)

@@ -127,6 +127,27 @@ def test_goops_answers_carry_every_format(veth: VethPair) -> None:
             assert r["name"].endswith(owned) or r["type"] in ("A", "AAAA", "NSEC"), r
 
 
+def test_a_flood_of_announcements_is_bounded_and_logged_once_per_kind(veth: VethPair) -> None:
+    """400 peers, plus loopback-only and public-only ones, 255-byte junk TXT strings and
+    unknown record types, repeated every 0.5 s: at most MAX_PEERS peers are dialled,
+    none at a loopback or public address, and each kind of drop is logged once."""
+    announcer = wire(veth.b, "announce", "flood", "goop-mdns", veth.addr_b, "400", "15")
+    try:
+        probe = run_probe(veth.a, "goop-mdns", veth.addr_a, PEER, "wait:8", "")
+        result = result_of(probe)
+    finally:
+        announcer.kill()
+        announcer.communicate(timeout=10)
+    dialled = result["dialled"]
+    peers = {a.rsplit("/", 1)[1] for a in dialled}
+    assert 100 <= len(peers) <= MAX_PEERS, len(peers)
+    assert all(a.startswith(f"/ip4/{veth.addr_b}/") for a in dialled), dialled[:5]
+    drops = [line for line in result["log"] if "dropped so far" in line]
+    assert len(drops) <= 3, drops  # one line per kind in the minute, not one per packet
+    for why in (f"already {MAX_PEERS} peers", "no private or link-local address", "no dialable"):
+        assert sum(why in line for line in drops) == 1, (why, drops)
+
+
 # --- the dial rules against hostile announcements (no network) ----------------------
 
 
