@@ -731,3 +731,38 @@ def test_a_peer_costs_the_garbage_collector_one_tracked_object() -> None:
     entry = board.registry.get("12D3KooWgc00007")
     assert entry is not None and entry.message.content == "second"
     assert (entry.first_seen, entry.last_seen, entry.bytes_received) == (1.0, 3.0, 300)
+
+
+class WsFrameFloodTests(RendezvousTestCase):
+    @defer.inlineCallbacks
+    def test_64_kib_of_empty_text_frames_cost_little_and_lose_nothing(self) -> None:
+        """One read of 64 KiB holding ~10,900 empty masked text frames (the cheapest
+        frame to send, each a 'publish'): every one skipped and counted, the socket
+        stays open and answers a ping after them, nothing stored changes, and the
+        reactor is not held for long."""
+        from tests.test_ws import A
+        from tests.wspeer import open_ws
+
+        self.start()
+        base = f"127.0.0.1:{self.service.port}"
+        body = json.dumps({"type": "online", "peerId": A, "content": "a"}).encode()
+        import treq
+
+        r = yield treq.post(f"http://{base}/publish", data=body, pool=self.pool)
+        self.assertEqual(r.code, 204)
+        ws = yield open_ws(f"ws://{base}/ws?peer_id={A}")
+        self.addCleanup(lambda: ws.transport.abortConnection())
+        before = self.service.board.registry.get(A).frame
+        self.service.stall_probe.take()
+        frame = b"\x81\x80" + b"\x01\x02\x03\x04"
+        count = 64 * 1024 // len(frame)
+        ws.transport.write(frame * count)
+        ws.sendPing(b"after")
+        yield ws.wait_for(lambda: "pong" in ws.control, timeout=20)
+        channel = self.service.web.ws
+        self.assertGreaterEqual(channel.frames_skipped, count)
+        self.assertFalse(ws.closed.called)
+        self.assertEqual(self.service.board.registry.get(A).frame, before)
+        stall = self.service.stall_probe.take()["window_max_stall_ms"]
+        print(f"\n{count} empty frames: longest stall {stall} ms")
+        self.assertLess(stall, 250)
