@@ -766,3 +766,42 @@ class WsFrameFloodTests(RendezvousTestCase):
         stall = self.service.stall_probe.take()["window_max_stall_ms"]
         print(f"\n{count} empty frames: longest stall {stall} ms")
         self.assertLess(stall, 250)
+
+
+class KeyDirectoryFloodTests(RendezvousTestCase):
+    @defer.inlineCallbacks
+    def test_addresses_cannot_fill_the_key_directory_for_made_up_peers(self) -> None:
+        """Each of 4 addresses posts keys for 80 made-up peer IDs: 64 each are taken,
+        the rest get 429 with Retry-After; a goop2 peer elsewhere still posts its key."""
+        from goop.rendezvous.keys import DEFAULT_MAX_PER_ADDRESS
+
+        self.start()
+        port = self.service.port
+
+        @defer.inlineCallbacks
+        def post(source: str, peer_id: str) -> Any:
+            client = _Raw()
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, bindAddress=(source, 0))
+            yield endpoint.connect(protocol.Factory.forProtocol(lambda: client))
+            body = json.dumps({"peer_id": peer_id, "public_key": "k" * 44}).encode()
+            client.transport.write(
+                b"POST /api/encryption/keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            yield client.lost.addTimeout(10, reactor)
+            return int(client.data.split(b" ", 2)[1]), client.data
+
+        codes: dict[str, list[int]] = {}
+        for a in range(4):
+            source = f"127.0.{a + 2}.1"
+            for n in range(80):
+                code, data = yield post(source, f"made-up-{a}-{n}")
+                codes.setdefault(source, []).append(code)
+                if code == 429:
+                    self.assertIn(b"Retry-After: 60", data)
+        for source, got in codes.items():
+            self.assertEqual(got.count(201), DEFAULT_MAX_PER_ADDRESS, source)
+            self.assertEqual(got.count(429), 80 - DEFAULT_MAX_PER_ADDRESS, source)
+        self.assertEqual(len(self.service.web.keys), 4 * DEFAULT_MAX_PER_ADDRESS)
+        code, _ = yield post("127.0.9.1", "12D3KooWGoop2PeerWithARealKey")
+        self.assertEqual(code, 201)

@@ -9,7 +9,11 @@ from the peer's latest message first and from this directory second.
 Bounds: a key is at most `MAX_KEY_BYTES`; at most ``max_keys`` entries; an
 entry whose peer is not online is dropped `GRACE` seconds after it was
 posted (a peer posts its key before its first presence message, and may
-restart), so the directory never outgrows the peers actually present.
+restart), so the directory never outgrows the peers actually present. One
+client address may hold at most ``max_per_address`` keys of peers that are
+not online (a NAT of goop2 peers posts one each, then publishes): without
+it, a few addresses could fill the directory with keys for made-up peer IDs
+and lock everyone else out (503) for the grace period.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from goop.message import MAX_PEER_ID_BYTES, MAX_PUBLIC_KEY_BYTES
 
 GRACE: Final = 300.0
 DEFAULT_MAX_KEYS: Final = 20000
+DEFAULT_MAX_PER_ADDRESS: Final = 64
 
 
 class KeyRefused(ValueError):
@@ -52,22 +57,44 @@ def parse_key_post(obj: Any, header_peer: str) -> tuple[str, str]:
 
 
 class KeyDirectory:
-    def __init__(self, max_keys: int = DEFAULT_MAX_KEYS, grace: float = GRACE) -> None:
+    def __init__(
+        self,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        grace: float = GRACE,
+        max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
+    ) -> None:
         self.max_keys = max_keys
         self.grace = grace
+        self.max_per_address = max_per_address
         self._keys: dict[str, tuple[str, float]] = {}
+        self._posted_by: dict[str, str] = {}  # peer ID -> the address key that posted it
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def put(self, peer_id: str, key: str, now: float, online: Container[str]) -> None:
-        """Store ``peer_id``'s key; `KeyRefused` (503) when the directory is full."""
+    def put(
+        self, peer_id: str, key: str, now: float, online: Container[str], address: str = ""
+    ) -> None:
+        """Store ``peer_id``'s key, posted from ``address``; `KeyRefused`: 503 when the
+        directory is full, 429 when ``address`` holds its share of keys of peers not
+        online."""
         if peer_id not in self._keys and self.max_keys and len(self._keys) >= self.max_keys:
             self.prune(now, online)
             if len(self._keys) >= self.max_keys:
                 raise KeyRefused(503, f"key directory is full ({self.max_keys} keys)")
+        cap = self.max_per_address
+        if address and cap and peer_id not in online and self._posted_by.get(peer_id) != address:
+            held = sum(
+                1 for p, a in self._posted_by.items() if a == address and p not in online
+            )
+            if held >= cap:
+                raise KeyRefused(
+                    429, f"too many keys of peers not online from {address} (limit {cap})"
+                )
         self._keys.pop(peer_id, None)  # re-inserted last: the dict stays in posting order
         self._keys[peer_id] = (key, now)
+        if address:
+            self._posted_by[peer_id] = address
 
     def get(self, peer_id: str) -> str | None:
         found = self._keys.get(peer_id)
@@ -81,4 +108,5 @@ class KeyDirectory:
         ]
         for peer_id in stale:
             del self._keys[peer_id]
+            self._posted_by.pop(peer_id, None)
         return len(stale)

@@ -321,11 +321,11 @@ class RendezvousApp:
                     "this peer signs its presence: the only key taken for it is the "
                     "publicKey its signed presence message carries",
                 )
-            self.keys.put(peer_id, key, now, self.board.registry)
+            self.keys.put(peer_id, key, now, self.board.registry, self._address(request))
         except MessageError as e:
             return error_json(request, 400, str(e))
         except KeyRefused as e:
-            if e.status == 503:
+            if e.status in (429, 503):
                 request.setHeader(b"retry-after", b"60")
             return error_json(request, e.status, str(e))
         return send_json(request, 201, {"status": "ok"})
