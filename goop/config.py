@@ -99,6 +99,7 @@ class PresenceConfig:
     signature_window: int = 120
     metrics_port: int = 0
     metrics_bind: str = "127.0.0.1"
+    redis_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +249,13 @@ CLI_OPTIONS: Final[tuple[CliOption, ...]] = (
         "presence.peer_db_path",
         False,
         "SQLite file shared by rendezvous instances (empty = in memory).",
+    ),
+    CliOption(
+        "redis-url",
+        "presence.redis_url",
+        False,
+        "Redis shared by rendezvous instances on many hosts, redis://[:password@]host:port/db "
+        "or rediss:// (default $GOOP_REDIS_URL; empty = none).",
     ),
     CliOption(
         "publish-rate-limit",
@@ -424,6 +432,10 @@ def load_config(
         if port is not None:
             values["presence.rendezvous_port"] = port
             origin["presence.rendezvous_port"] = "env"
+
+    if origin["presence.redis_url"] == "default" and environ.get("GOOP_REDIS_URL", "").strip():
+        values["presence.redis_url"] = environ["GOOP_REDIS_URL"].strip()
+        origin["presence.redis_url"] = "env"
 
     _imply_rendezvous_host(values, origin)
 
@@ -674,6 +686,14 @@ def _validate(values: dict[str, object], origin: Mapping[str, _Origin]) -> None:
             f'{label("presence.metrics_bind")}: must be an IP address or "localhost" '
             f"(not a host name), got {_show(metrics_bind)}"
         )
+    redis_url = text("presence.redis_url")
+    if redis_url:
+        _check_redis_url(label("presence.redis_url"), redis_url)
+        if text("presence.peer_db_path"):
+            raise ConfigError(
+                f"{label('presence.redis_url')}: set either it or presence.peer_db_path "
+                "(one shared store), not both"
+            )
     values["presence.rendezvous_wan"] = _check_wan(
         label("presence.rendezvous_wan"), text("presence.rendezvous_wan")
     )
@@ -721,6 +741,29 @@ def _validate(values: dict[str, object], origin: Mapping[str, _Origin]) -> None:
             ) from None
 
     _split_host_port(label("viewer.http_addr"), text("viewer.http_addr"))
+
+
+def _check_redis_url(label: str, url: str) -> None:
+    """redis://[[user]:password@]host[:port][/db] or rediss://, nothing else."""
+    from urllib.parse import urlsplit
+
+    shape = "redis://[:password@]host:port/db or rediss://..."
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"{label}: not a URL ({e}); want {shape}") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ConfigError(f"{label}: scheme must be redis or rediss, got {_show(parts.scheme)}")
+    if not parts.hostname:
+        raise ConfigError(f"{label}: no host; want {shape}")
+    if port is not None and not 0 < port <= MAX_PORT:
+        raise ConfigError(f"{label}: port out of range")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ConfigError(f"{label}: the database must be a number, got {_show(db)}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{label}: no query or fragment; want {shape}")
 
 
 def _check_range(label: str, value: int, low: int, high: int, note: str = "") -> None:

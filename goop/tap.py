@@ -133,7 +133,8 @@ def build_service(config: Config, reactor: Any = None) -> MultiService:
         except TLSSetupError as e:
             raise SystemExit(f"goop: presence.rendezvous_tls_dir: {e}") from None
         except StoreError as e:
-            raise SystemExit(f"goop: presence.peer_db_path: {e}") from None
+            field = "redis_url" if presence.redis_url else "peer_db_path"
+            raise SystemExit(f"goop: presence.{field}: {e}") from None
         rendezvous.setName("rendezvous")  # type: ignore[no-untyped-call]
         rendezvous.setServiceParent(root)  # type: ignore[no-untyped-call]
     if not presence.rendezvous_only:

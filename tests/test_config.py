@@ -912,7 +912,8 @@ class CliTests(ConfigTestCase):
             set(
                 "key-file label email listen-port mdns-tag mdns-interfaces topic ttl-seconds "
                 "heartbeat-seconds rendezvous-port rendezvous-bind rendezvous-wan "
-                "admin-password peer-db-path publish-rate-limit max-subscribers max-websockets "
+                "admin-password peer-db-path redis-url publish-rate-limit max-subscribers "
+                "max-websockets "
                 "max-websockets-per-ip max-peers max-peers-per-ip max-table-mb "
                 "max-connections-per-ip "
                 "request-timeout idle-timeout ipv6-prefix "

@@ -26,6 +26,8 @@ if [ "$what" = test ]; then
     command -v ip >/dev/null 2>&1 || need+=(iproute2)
     # The metrics test scrapes a rendezvous with a real Prometheus.
     command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+    # The scale-out tests run a real Redis.
+    command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -86,7 +86,13 @@ class RendezvousService(Service):
             max_websockets_per_ip=config.max_websockets_per_ip,
         )
         self.board: Board
-        if config.peer_db_path:
+        if config.redis_url:
+            from goop.rendezvous.redisstore import RedisStore
+
+            store = RedisStore(config.redis_url)
+            store.open()  # raises StoreError, one line, when Redis cannot be reached
+            self.board = SharedBoard(self.hub, config.ttl_seconds, store, reactor)
+        elif config.peer_db_path:
             # Raises StoreError naming the file when it is locked or damaged.
             self.board = SharedBoard(self.hub, config.ttl_seconds, config.peer_db_path, reactor)
         else:

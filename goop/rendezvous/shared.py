@@ -41,7 +41,7 @@ from goop.histogram import Histogram
 from goop.message import MessageError, Origin, PresenceMessage, message_from_object
 from goop.rendezvous.board import Board
 from goop.rendezvous.fanout import Hub
-from goop.rendezvous.store import EventRow, SQLiteStore, StoreError, StoreReplaced
+from goop.rendezvous.store import EventRow, SQLiteStore, Store, StoreError, StoreReplaced
 
 # Seconds per shared-store call (a healthy SQLite write is well under 10 ms).
 STORE_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -110,11 +110,16 @@ def _reason(failure: Failure) -> str:
 class SharedBoard(Board):
     log = Logger()
 
-    def __init__(self, hub: Hub, ttl_seconds: float, path: str, reactor: IReactorTime) -> None:
-        self.store = SQLiteStore(path)
+    def __init__(
+        self, hub: Hub, ttl_seconds: float, store: str | Store, reactor: IReactorTime
+    ) -> None:
+        # A path is a SQLite file; a Store is any engine behind the same five
+        # operations (goop.rendezvous.redisstore).
+        self.store: Store = SQLiteStore(store) if isinstance(store, str) else store
         # Opening checks the file: a locked, damaged or unwritable one stops
-        # startup here, with one line (StoreError).
-        self.store.open()
+        # startup here, with one line (StoreError). A store given opened is kept.
+        if isinstance(store, str):
+            self.store.open()
         self.reactor = reactor
         peers, head = self.store.snapshot(reactor.seconds(), ttl_seconds)
         super().__init__(hub, ttl_seconds, first_event_id=head + 1)

@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 SCHEMA_VERSION: Final = 1
 # How long opening waits for a lock held by another process.
@@ -61,6 +61,31 @@ def _strerror(e: OSError) -> str:
     if e.errno == errno.EPERM:
         why += ", an immutable (chattr +i) file?"
     return why[:1].lower() + why[1:]
+
+
+class Store(Protocol):
+    """What `goop.rendezvous.shared.SharedBoard` needs of a shared store (SQLite, Redis).
+
+    Blocking calls, run on the board's store thread only; each raises
+    `StoreError` (one line) when the engine fails, `StoreReplaced` when the
+    data this instance knew is gone for good.
+    """
+
+    path: str  # how logs name it
+    created: bool  # it was empty (new) when opened
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def head(self) -> int: ...
+    def append(
+        self, peer_id: str, kind: str, data: bytes, now: float, nbytes: int
+    ) -> EventRow: ...
+    def tail(self, after: int, limit: int = 2000) -> list[EventRow]: ...
+    def snapshot(self, now: float, ttl: float) -> tuple[list[EventRow], int]: ...
+    def prune(self, now: float, ttl: float, offline: OfflineFactory) -> list[EventRow]: ...
+    def probe(self) -> int: ...
+    def identity_problem(self) -> str | None: ...
+    def set_busy_timeout(self, ms: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
