@@ -212,3 +212,39 @@ def test_redis_killed_and_restarted_mid_run(
     finally:
         for r in readers:
             r.close()
+
+
+def test_an_instance_killed_loses_nothing_and_its_streams_resume_elsewhere(
+    redis_cluster: tuple[redisproc.RedisServer, list[GoopProcess]], tmp_path: Path
+) -> None:
+    """kill -9 of one instance while it takes publishes and serves a stream: everything
+    it acknowledged is in Redis; its subscriber, resumed on another instance with its
+    last Last-Event-ID, misses nothing that was accepted anywhere."""
+    server, procs = redis_cluster
+    urls = [start(server, procs, tmp_path, f"i{i}") for i in range(3)]
+    victim = IdReader(urls[2])
+    assert victim.ready.wait(10)
+    accepted: list[str] = []
+    for i in range(300):
+        content = f"k{i}"
+        body: dict[str, object] = {"type": "update", "peerId": f"12D3KooWk{i % 7}",
+                                   "content": content}
+        try:
+            if Publisher(urls[i % 3]).post(body) == 204:
+                accepted.append(content)
+        except OSError:
+            pass  # the killed instance: not accepted, the client would retry elsewhere
+        if i == 150:
+            procs[2].kill()
+    wait(lambda: bool(victim.ids), 10, "the victim's stream to have something")
+    last = victim.ids[-1]
+    before = [str(m["content"]) for _, m in victim.received]
+    victim.close()
+    resumed = IdReader(urls[0], last)
+    try:
+        assert resumed.ready.wait(10)
+        after = lambda: [str(m["content"]) for _, m in resumed.received]  # noqa: E731
+        wait(lambda: set(accepted) <= set(before) | set(after()), 15, "nothing missed")
+        assert len(accepted) >= 240  # all but the victim's share after its death
+    finally:
+        resumed.close()
