@@ -60,7 +60,8 @@ WSLOAD = Path(__file__).resolve().parent / "wsload.py"
 HTTP_REFERENCE_PCT = 42.0
 DOCS = ROOT / "docs" / "benchmarks.md"
 DEFAULT_CELLS = ",".join(
-    [f"{k}:{r}" for k in (10, 200, 1000, 5000) for r in ("k/5", "200", "max")] + ["300:200:3"]
+    [f"{k}:{r}" for k in (10, 200, 1000, 5000) for r in ("k/5", "200", "max")]
+    + ["300:200:3", "300:200:3:redis"]
 )
 ADMIN_PASSWORD = "X"
 URL_RE = re.compile(r"rendezvous listening on (http://127\.0\.0\.1:(\d+))")
@@ -273,21 +274,26 @@ class Server:
 # ---------------------------------------------------------------- one cell
 
 
-def parse_cells(spec: str) -> list[tuple[int, str, int]]:
-    """``K:RATE[:INSTANCES],...`` -> [(k, rate, instances)]."""
+def parse_cells(spec: str) -> list[tuple[int, str, int, str]]:
+    """``K:RATE[:INSTANCES[:ENGINE]],...`` -> [(k, rate, instances, engine)]; ENGINE is
+    ``sqlite`` (the default: instances share a peer_db_path file) or ``redis``."""
     cells = []
     for item in spec.split(","):
         if not item.strip():
             continue
         k, _, rest = item.strip().partition(":")
         rate, _, inst = rest.partition(":")
+        inst, _, engine = inst.partition(":")
+        engine = engine.strip() or "sqlite"
+        if engine not in ("sqlite", "redis"):
+            raise ValueError(f"engine must be sqlite or redis in {item!r}")
         rate = rate.strip().lower() or "max"
         if rate not in ("max", "k/5"):
             float(rate)  # raises on nonsense
         n = int(inst) if inst.strip() else 1
         if n < 1:
             raise ValueError(f"instances must be >= 1 in {item!r}")
-        cells.append((int(k), rate, n))
+        cells.append((int(k), rate, n, engine))
     return cells
 
 
@@ -313,20 +319,49 @@ def stop_procs(procs: list[Proc | None], servers: list[Server]) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def start_servers(args: argparse.Namespace, instances: int, tmp: str) -> list[Server]:
-    """One server, or ``instances`` sharing one peer_db_path file in ``tmp``."""
-    db = str(Path(tmp) / "peers.db") if instances > 1 else ""
+def start_servers(
+    args: argparse.Namespace, instances: int, tmp: str, redis_url: str = ""
+) -> list[Server]:
+    """One server, or ``instances`` sharing one peer_db_path file in ``tmp`` (or one Redis)."""
+    db = str(Path(tmp) / "peers.db") if instances > 1 and not redis_url else ""
     servers = []
     for _ in range(instances):
-        server = Server(args, db)
+        server = Server(args, db, ("--redis-url", redis_url) if redis_url else ())
         servers.append(server)
         server.start()
         server.stats()  # warm the admin route before the baseline
     return servers
 
 
+def start_redis(core: str) -> Any:
+    """A real redis-server (the tests' helper: free port, temp dir, AOF), on ``core``."""
+    sys.path.insert(0, str(ROOT))
+    from tests.redisproc import RedisServer
+
+    server = RedisServer()
+    assert server.proc is not None
+    subprocess.run(["taskset", "-p", "-c", core, str(server.proc.pid)], capture_output=True)
+    return server
+
+
+def redis_commands(url: str) -> tuple[int, int]:
+    """(commands Redis ran, scripts called: EVALSHA round trips) since it started; the
+    commands a script runs inside it count among the first."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    total = int(client.info("stats")["total_commands_processed"])
+    scripts = int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    return total, scripts
+
+
 def run_cell(
-    args: argparse.Namespace, k: int, rate_spec: str, index: int, instances: int = 1
+    args: argparse.Namespace,
+    k: int,
+    rate_spec: str,
+    index: int,
+    instances: int = 1,
+    engine: str = "sqlite",
 ) -> dict[str, Any]:
     rate = target_rate(k, rate_spec)
     peers = max(1, min(k, args.peers_max))
@@ -337,8 +372,11 @@ def run_cell(
     sub: Proc | None = None
     pub: Proc | None = None
     tmp = tempfile.TemporaryDirectory(prefix="goop-bench-db-")
+    redis_server = start_redis(args.server_core) if engine == "redis" else None
+    redis_url = redis_server.url if redis_server is not None else ""
+    commands0 = commands1 = (0, 0)
     try:
-        servers = start_servers(args, instances, tmp.name)
+        servers = start_servers(args, instances, tmp.name, redis_url)
         server = servers[0]  # publishers talk to this one
         pids = [s.pid for s in servers]
         time.sleep(0.3)
@@ -366,6 +404,8 @@ def run_cell(
         pub = Proc(pub_cmd, "publisher", stdin=True)
         pub.read_json(30)
         stats0 = [s.stats() for s in servers]
+        if redis_url:
+            commands0 = redis_commands(redis_url)
         cpu0 = sum(proc_cpu_s(pid) for pid in pids)
         t0 = time.monotonic()
         sub.send("go")
@@ -376,12 +416,16 @@ def run_cell(
         sres = sub.read_json(args.drain_max + 60)
         wall = time.monotonic() - t0
         cpu1 = sum(proc_cpu_s(pid) for pid in pids)
+        if redis_url:
+            commands1 = redis_commands(redis_url)
         for s in servers:
             s.check_alive()
         stats1 = [s.stats() for s in servers]
         sub.send("quit")
     finally:
         stop_procs([pub, sub], servers)
+        if redis_server is not None:
+            redis_server.stop()
         tmp.cleanup()
 
     server_cpu = cpu1 - cpu0
@@ -393,6 +437,16 @@ def run_cell(
         "k": k,
         "rate": rate_spec if rate_spec == "max" else rate,
         "instances": instances,
+        "engine": engine if instances > 1 else "memory",
+        # Per accepted publish over the window: Redis commands (those a script
+        # runs inside included, and every instance's tailing and pruning), and
+        # script calls (round trips on the publish path: one EVALSHA each).
+        "redis_commands_per_publish": round((commands1[0] - commands0[0]) / pres["accepted"], 2)
+        if redis_url and pres["accepted"]
+        else None,
+        "redis_scripts_per_publish": round((commands1[1] - commands0[1]) / pres["accepted"], 3)
+        if redis_url and pres["accepted"]
+        else None,
         "seconds": seconds,
         "peers": peers,
         "sent": pres["sent"],
@@ -783,7 +837,11 @@ def table(rows: list[dict[str, Any]]) -> str:
             out.append(f"| {r['k']} | {r['rate']} | failed: {r['error']} ||||||||||")
             continue
         target = "max" if r["rate"] == "max" else _fmt(float(r["rate"]), 0)
-        kk = f"{r['k']:,}" + (f" ({r['instances']} instances)" if r.get("instances", 1) > 1 else "")
+        kk = f"{r['k']:,}" + (
+            f" ({r['instances']} instances, {r.get('engine', 'sqlite')})"
+            if r.get("instances", 1) > 1
+            else ""
+        )
         pct = "-" if r["accepted_of_target"] is None else f"{100 * r['accepted_of_target']:.1f}%"
         lat = f"{_fmt(r['lat_p50_ms'])} / {_fmt(r['lat_p99_ms'])} / {_fmt(r['lat_max_ms'])}"
         out.append(
@@ -853,6 +911,7 @@ def ws_table(rows: list[dict[str, Any]]) -> str:
 def targets(rows: list[dict[str, Any]]) -> str:
     steady = [r for r in rows if r.get("mode") == "steady"]
     ws = [r for r in rows if r.get("mode") == "ws"]
+    shared = [r for r in rows if r.get("instances", 1) > 1 and "error" not in r]
     rows = [r for r in rows if r.get("mode") not in ("steady", "ws") and r.get("instances", 1) == 1]
 
     def cell(k: int, rate: str) -> dict[str, Any] | None:
@@ -862,6 +921,21 @@ def targets(rows: list[dict[str, Any]]) -> str:
         return None
 
     lines = []
+    for r in shared:
+        per = r.get("redis_commands_per_publish")
+        trips = r.get("redis_scripts_per_publish")
+        lines.append(
+            f"- K={r['k']:,} across {r['instances']} instances on one {r['engine']} store, "
+            f"{r['rate']} msg/s: p99 {_fmt(r['lat_p99_ms'])} ms, all instances' CPU "
+            f"{_fmt(r['server_cpu_pct'])}% of one core"
+            + (
+                f"; round trips per publish: {trips} (one EVALSHA; pruning's scripts "
+                f"included), {per} Redis commands per publish in all (those inside the "
+                "script, and every instance's tailing every 20 ms)"
+                if per is not None
+                else ""
+            )
+        )
     m = cell(1000, "max")
     if m:
         ok = m["server_cpu_ms_per_1k"] is not None and m["server_cpu_ms_per_1k"] <= 5
@@ -1075,7 +1149,7 @@ def main(argv: list[str] | None = None) -> int:
     steady = [int(n) for n in args.steady.split(",") if n.strip()]
     ws_counts = [int(n) for n in args.ws.split(",") if n.strip()]
     ws_signed_counts = [int(n) for n in args.ws_signed.split(",") if n.strip()]
-    need = max([k for k, _, _ in cells] + [args.steady_subs] + ws_counts) + 200
+    need = max([k for k, _, _, _ in cells] + [args.steady_subs] + ws_counts) + 200
     if hard < need:
         log(f"warning: RLIMIT_NOFILE hard limit {hard} < {need}; large cells may fail")
     info = machine()
@@ -1093,10 +1167,10 @@ def main(argv: list[str] | None = None) -> int:
     for i, (kind, spec) in enumerate(jobs):
         try:
             if kind == "cell":
-                k, rate, inst = spec
-                log(f"cell {i + 1}/{len(jobs)}: K={k} rate={rate} instances={inst}")
-                fail: dict[str, Any] = {"k": k, "rate": rate, "instances": inst}
-                row = run_cell(args, k, rate, i, inst)
+                k, rate, inst, engine = spec
+                log(f"cell {i + 1}/{len(jobs)}: K={k} rate={rate} instances={inst} {engine}")
+                fail: dict[str, Any] = {"k": k, "rate": rate, "instances": inst, "engine": engine}
+                row = run_cell(args, k, rate, i, inst, engine)
             elif kind == "steady":
                 n, changes = spec
                 stream = "changes" if changes else "classic"
