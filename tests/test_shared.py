@@ -163,7 +163,8 @@ class LiveInstanceTests(TestCase):
         """An id seen on A is understood by B: B replays exactly what came after."""
         a, b = self.instance(), self.instance()
         yield a.board.accept(PresenceMessage("online", PEER, "1"), 1, reactor.seconds())
-        yield until(lambda: PEER in b.board.registry)
+        # A learns of its own event by tailing the store too: wait for both.
+        yield until(lambda: PEER in a.board.registry and PEER in b.board.registry)
         seen = str(a.board.events.head)
         yield a.board.accept(PresenceMessage("update", PEER, "2"), 1, reactor.seconds())
         yield a.board.accept(PresenceMessage("online", PEER + "x", "3"), 1, reactor.seconds())
