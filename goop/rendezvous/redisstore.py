@@ -156,7 +156,7 @@ class RedisStore:
 
     def identity_problem(self) -> str | None:
         """Why the data this instance knew is gone (Redis lost it), if it is."""
-        now = self.client.get(self._epoch_key)
+        now = self._call(self.client.get, self._epoch_key)
         if now == self._epoch:
             return None
         return "its data set was lost or replaced (restarted without persistence, or flushed)"
@@ -174,8 +174,9 @@ class RedisStore:
 
     def probe(self) -> int:
         self._call(self.client.ping)
-        if self.identity_problem() is not None:
-            raise StoreReplaced(f"{self.path}: {self.identity_problem()}")
+        problem = self.identity_problem()
+        if problem is not None:
+            raise StoreReplaced(f"{self.path}: {problem}")
         return self.head()
 
     def head(self) -> int:
