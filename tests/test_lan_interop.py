@@ -14,29 +14,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from goop.p2p.mdns import MAX_PEERS, bare_type, on_the_lan
-from tests.netns import NetnsUnavailable, VethPair
+from tests.netns import VethPair
 from tests.test_p2p_mdns import OTHER, PEER, _bridge, result_of, run_probe
 
 WIRE = Path(__file__).resolve().parent / "mdnswire.py"
-
-
-@pytest.fixture
-def veth() -> Iterator[VethPair]:
-    try:
-        pair = VethPair.create()
-    except NetnsUnavailable as e:
-        pytest.skip(f"network namespaces unavailable: {e}")
-    try:
-        yield pair
-    finally:
-        pair.delete()
 
 
 def wire(ns: str, *args: str) -> subprocess.Popen[str]:

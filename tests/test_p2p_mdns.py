@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from goop.p2p.mdns import (
     parse_advertisement,
     service_type,
 )
-from tests.netns import NetnsUnavailable, VethPair
+from tests.netns import VethPair
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = "12D3KooWPsW1sDd7wPi2k2tMdL4uE3G8kCwZT4SF46ciYitp8Pc1"
@@ -184,18 +183,6 @@ def test_our_own_announcement_is_never_dialled() -> None:
 
 
 # --- the bridge in two namespaces ---------------------------------------------
-
-
-@pytest.fixture
-def veth() -> Iterator[VethPair]:
-    try:
-        pair = VethPair.create()
-    except NetnsUnavailable as e:
-        pytest.skip(f"network namespaces unavailable: {e}")
-    try:
-        yield pair
-    finally:
-        pair.delete()
 
 
 def run_probe(ns: str, *args: str) -> subprocess.Popen[str]:

@@ -17,10 +17,9 @@ import treq
 from twisted.internet import defer, reactor
 from twisted.web.client import HTTPConnectionPool
 
-from goop.config import ConfigError, PresenceConfig, load_config
+from goop.config import ConfigError, load_config
 from goop.message import PresenceMessage
 from goop.rendezvous.redisstore import RedisStore, redacted
-from goop.rendezvous.service import RendezvousService
 from goop.rendezvous.store import StoreError
 from tests import redisproc, test_shared
 from tests.test_presence import until
@@ -83,24 +82,17 @@ class RedisStoreTests(test_shared.StoreTests):
 class RedisLiveInstanceTests(test_shared.LiveInstanceTests):
     def setUp(self) -> None:
         self.url = server().url
-        server_prefix = "goop"
         # One data set per test: flush it (the instances use the default prefix).
         import redis
 
+        from goop.rendezvous.redisstore import PREFIX
+
         redis.Redis.from_url(self.url).delete(
-            *[f"{server_prefix}:{k}" for k in ("head", "log", "peers", "seen", "epoch")]
+            *[f"{PREFIX}:{k}" for k in ("head", "log", "peers", "seen", "epoch")]
         )
 
-    def instance(self, ttl: int = 20) -> RendezvousService:
-        rv = RendezvousService(
-            PresenceConfig(
-                rendezvous_port=0, redis_url=self.url, ttl_seconds=ttl, heartbeat_seconds=1
-            ),
-            reactor,
-        )
-        rv.startService()
-        self.addCleanup(rv.stopService)
-        return rv
+    def store(self) -> dict[str, Any]:
+        return {"redis_url": self.url}
 
     @defer.inlineCallbacks
     def test_redis_gone_then_back(self):  # type: ignore[no-untyped-def]

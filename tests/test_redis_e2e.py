@@ -8,17 +8,12 @@ on an engine that serves many hosts.
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
-from goop.sseparse import SSEParser
 from tests import redisproc
 from tests.procs import GoopProcess
 from tests.test_shared_e2e import (
@@ -33,42 +28,6 @@ from tests.test_shared_e2e import (
 
 if redisproc.REDIS is None:
     pytest.skip("redis-server is missing (make test installs it)", allow_module_level=True)
-
-
-class IdReader(Reader):
-    """A Reader that also keeps each event's id, and may resume with Last-Event-ID."""
-
-    def __init__(self, url: str, last_event_id: str = "") -> None:
-        threading.Thread.__init__(self, daemon=True)
-        parts = urlsplit(url)
-        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-        resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
-        self.sock.sendall(f"GET /events HTTP/1.0\r\nHost: x\r\n{resume}\r\n".encode())
-        self.received: list[tuple[float, dict[str, object]]] = []
-        self.ids: list[str] = []
-        self.ready = threading.Event()
-        self.start()
-
-    def run(self) -> None:
-        parser = SSEParser()
-        head = b""
-        try:
-            while True:
-                data = self.sock.recv(65536)
-                if not data:
-                    return
-                now = time.monotonic()
-                if not self.ready.is_set():
-                    head += data
-                    if b"\r\n\r\n" not in head:
-                        continue
-                    _, _, data = head.partition(b"\r\n\r\n")
-                    self.ready.set()
-                for event in parser.feed(data):
-                    self.ids.append(event.last_event_id)
-                    self.received.append((now, json.loads(event.data)))
-        except OSError:
-            return
 
 
 @pytest.fixture
@@ -106,7 +65,7 @@ def test_three_instances_on_redis_act_as_one(
     resumed on another instance with Last-Event-ID gets exactly what it missed."""
     server, procs = redis_cluster
     urls = [start(server, procs, tmp_path, f"i{i}") for i in range(3)]
-    readers = [IdReader(u) for u in urls]
+    readers = [Reader(u) for u in urls]
     try:
         for r in readers:
             assert r.ready.wait(10)
@@ -140,7 +99,7 @@ def test_three_instances_on_redis_act_as_one(
         order = [c for _, c in keyed[0]]
         halfway = keyed[0][order.index("m499")][0]
         expected = order[order.index("m499") + 1 :]
-        resumed = IdReader(urls[2], halfway)
+        resumed = Reader(urls[2], halfway)
         assert resumed.ready.wait(10)
         wait(lambda: len(resumed.received) >= len(expected), 15, "the replay")
         assert [str(m["content"]) for _, m in resumed.received] == expected
@@ -222,7 +181,7 @@ def test_an_instance_killed_loses_nothing_and_its_streams_resume_elsewhere(
     last Last-Event-ID, misses nothing that was accepted anywhere."""
     server, procs = redis_cluster
     urls = [start(server, procs, tmp_path, f"i{i}") for i in range(3)]
-    victim = IdReader(urls[2])
+    victim = Reader(urls[2])
     assert victim.ready.wait(10)
     accepted: list[str] = []
     for i in range(300):
@@ -240,7 +199,7 @@ def test_an_instance_killed_loses_nothing_and_its_streams_resume_elsewhere(
     last = victim.ids[-1]
     before = [str(m["content"]) for _, m in victim.received]
     victim.close()
-    resumed = IdReader(urls[0], last)
+    resumed = Reader(urls[0], last)
     try:
         assert resumed.ready.wait(10)
         after = lambda: [str(m["content"]) for _, m in resumed.received]  # noqa: E731

@@ -125,11 +125,13 @@ class LiveInstanceTests(TestCase):
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.path = os.path.join(self.dir, "peers.db")
 
+    def store(self) -> dict[str, Any]:
+        """The PresenceConfig fields that choose the shared store (tests/test_redis.py: Redis)."""
+        return {"peer_db_path": self.path}
+
     def instance(self, ttl: int = 20) -> RendezvousService:
         rv = RendezvousService(
-            PresenceConfig(
-                rendezvous_port=0, peer_db_path=self.path, ttl_seconds=ttl, heartbeat_seconds=1
-            ),
+            PresenceConfig(rendezvous_port=0, ttl_seconds=ttl, heartbeat_seconds=1, **self.store()),
             reactor,
         )
         rv.startService()

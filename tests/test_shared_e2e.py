@@ -27,14 +27,17 @@ PASSWORD = "pw"
 
 
 class Reader(threading.Thread):
-    """Reads one /events stream (HTTP/1.0) in a thread, timestamping every event."""
+    """Reads one /events stream (HTTP/1.0) in a thread, timestamping every event and
+    keeping its id; with ``last_event_id`` it resumes from there."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, last_event_id: str = "") -> None:
         super().__init__(daemon=True)
         parts = urlsplit(url)
         self.sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
-        self.sock.sendall(b"GET /events HTTP/1.0\r\nHost: x\r\n\r\n")
+        resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
+        self.sock.sendall(f"GET /events HTTP/1.0\r\nHost: x\r\n{resume}\r\n".encode())
         self.received: list[tuple[float, dict[str, object]]] = []
+        self.ids: list[str] = []
         self.ready = threading.Event()
         self.start()
 
@@ -54,6 +57,7 @@ class Reader(threading.Thread):
                     _, _, data = head.partition(b"\r\n\r\n")
                     self.ready.set()
                 for event in parser.feed(data):
+                    self.ids.append(event.last_event_id)
                     self.received.append((now, json.loads(event.data)))
         except OSError:
             return

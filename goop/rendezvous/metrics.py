@@ -75,11 +75,11 @@ class RendezvousCollector(Collector):
         streams.add_metric(["sse"], hub.counts.get("sse", 0))
         streams.add_metric(["ws"], hub.counts.get("ws", 0))
         yield streams
-        paused = GaugeMetricFamily(
-            "goop_streams_paused", "Streams whose reader is not keeping up (paused)"
-        )
-        paused.add_metric([], sum(1 for sub in hub.subscribers if sub.paused))
-        yield paused
+        # Unlabelled families take their one value directly (value=...).
+        yield GaugeMetricFamily(
+            "goop_streams_paused", "Streams whose reader is not keeping up (paused)",
+            value=sum(1 for sub in hub.subscribers if sub.paused),
+        )  # fmt: skip
         publishes = CounterMetricFamily(
             "goop_publishes", "Presence messages received, by transport and outcome",
             labels=["transport", "outcome"],
@@ -91,28 +91,25 @@ class RendezvousCollector(Collector):
         for (transport, outcome), n in sorted(counts.items()):
             publishes.add_metric([transport, outcome], n)
         yield publishes
-        events = CounterMetricFamily(
-            "goop_events_sent", "Event frames handed to streams (events times subscribers)"
+        yield CounterMetricFamily(
+            "goop_events_sent", "Event frames handed to streams (events times subscribers)",
+            value=board.events_sent,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "goop_events_sent_bytes", "Bytes of those event frames", value=board.bytes_sent
         )
-        events.add_metric([], board.events_sent)
-        yield events
-        sent = CounterMetricFamily("goop_events_sent_bytes", "Bytes of those event frames")
-        sent.add_metric([], board.bytes_sent)
-        yield sent
-        coalesced = CounterMetricFamily(
+        yield CounterMetricFamily(
             "goop_coalesced_deliveries",
             "Batches a stream that was behind took as each peer's latest state",
+            value=hub.coalesced,
         )
-        coalesced.add_metric([], hub.coalesced)
-        yield coalesced
-        cut = CounterMetricFamily(
-            "goop_streams_cut_off", "Streams cut off for not reading (or too far behind)"
+        yield CounterMetricFamily(
+            "goop_streams_cut_off", "Streams cut off for not reading (or too far behind)",
+            value=hub.cut_off,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "goop_event_log_head", "Id of the newest event", value=board.events.head
         )
-        cut.add_metric([], hub.cut_off)
-        yield cut
-        head = GaugeMetricFamily("goop_event_log_head", "Id of the newest event")
-        head.add_metric([], board.events.head)
-        yield head
         probe = s.stall_probe
         yield _histogram(
             "goop_reactor_stall_seconds",

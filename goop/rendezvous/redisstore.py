@@ -109,7 +109,6 @@ class RedisStore:
         self.url = url
         self.path = redacted(url)  # what logs call the store
         self.created = False
-        self._prefix = prefix
         self._keys = [f"{prefix}:{k}" for k in ("head", "log", "peers", "seen")]
         self._epoch_key = f"{prefix}:epoch"
         self._epoch: bytes | None = None

@@ -32,21 +32,18 @@ class PeerCollector(Collector):
         for source in SOURCES:
             seen.add_metric([source], sum(1 for v in views if source in v.seen))
         yield seen
-        total = GaugeMetricFamily("goop_peer_peers_online", "Peers this peer lists")
-        total.add_metric([], len(views))
-        yield total
-        signed = GaugeMetricFamily(
-            "goop_peer_peers_signed", "Listed peers whose shown message carried a checked signature"
+        yield GaugeMetricFamily("goop_peer_peers_online", "Peers this peer lists", value=len(views))
+        yield GaugeMetricFamily(
+            "goop_peer_peers_signed",
+            "Listed peers whose shown message carried a checked signature",
+            value=sum(1 for v in views if v.proof == VERIFIED),
         )
-        signed.add_metric([], sum(1 for v in views if v.proof == VERIFIED))
-        yield signed
-        rejected = CounterMetricFamily(
+        yield CounterMetricFamily(
             "goop_peer_messages_rejected",
             "Messages dropped by the signature rules (bad signature, replay, unsigned for a "
             "signed peer)",
+            value=self.table.rejected,
         )
-        rejected.add_metric([], self.table.rejected)
-        yield rejected
         h = self.probe.stalls
         yield HistogramMetricFamily(
             "goop_reactor_stall_seconds", "How late the reactor ran a 10 ms timer",
